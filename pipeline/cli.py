@@ -1,0 +1,205 @@
+"""`cxrbench`: one subcommand per DVC stage, plus the user commands (profile, translate, new-baseline, ui, bench).
+
+Errors meant for the user (bad config, bad input, missing weights) print one line and exit with status 2;
+set CXRBENCH_DEBUG=1 for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401  (offline switches first)
+from pipeline.errors import CxrbenchError
+from pipeline.offline import PROJECT_ROOT
+
+
+def _params(args):
+    from pipeline.config import load_params
+
+    return load_params(getattr(args, "params", None))
+
+
+# --- stage commands -----------------------------------------------------------------------------------------------
+def cmd_profile(args) -> None:
+    from pipeline.config import write_profile
+
+    path = write_profile(args.name, args.params)
+    print(f"wrote profile {args.name!r} to {path}")
+
+
+def cmd_check(args) -> None:
+    from pipeline import registry
+
+    params = _params(args)
+    print(f"params.yaml OK: profile {params.profile}, {len(params.models)} models, seeds {params.seeds}; "
+          f"registered methods: {', '.join(registry.names())}")
+
+
+def cmd_models(args) -> None:
+    from pipeline import registry
+
+    for name in registry.names():
+        cls = registry.get(name)
+        print(f"{name:12s} {cls.__module__:24s} mask={'yes' if cls.has_mask else 'no'}")
+
+
+def cmd_data(args) -> None:
+    from pipeline.data.stage import run_data_stage
+
+    run_data_stage(_params(args), PROJECT_ROOT / "data")
+
+
+def cmd_prior(args) -> None:
+    from pipeline.prior import run_prior_stage
+
+    run_prior_stage(_params(args), PROJECT_ROOT / "data", PROJECT_ROOT / "models" / "prior")
+
+
+def cmd_train(args) -> None:
+    from pipeline.stages.train import run_train
+
+    params = _params(args)
+    _known_model(params, args.model)
+    run_train(params, args.model)
+
+
+def cmd_translate_sets(args) -> None:
+    from pipeline.stages.translate import run_translate
+
+    params = _params(args)
+    _known_model(params, args.model)
+    run_translate(params, args.model, train_cap=getattr(params.eval, "classifier_train_images", 0))
+
+
+def cmd_translate(args) -> None:
+    from pipeline.stages.user_translate import translate_files
+
+    translate_files(_params(args), args.model, args.inputs, Path(args.out), weights=args.weights, seed=args.seed)
+
+
+def cmd_eval(args) -> None:
+    import eval.stages as stages
+
+    params = _params(args)
+    fn = getattr(stages, f"run_{args.stage_name}")
+    if args.stage_name in ("fidkid", "segment", "lesions", "paired"):
+        if args.model != "original":
+            _known_model(params, args.model)
+        fn(params, args.model)
+    else:
+        fn(params)
+
+
+def cmd_report(args) -> None:
+    from reports.build import build_reports
+
+    build_reports(_params(args))
+
+
+def cmd_new_baseline(args) -> None:
+    from pipeline.scaffold import new_baseline
+
+    new_baseline(args.name, add_to_params=not args.no_params)
+
+
+def cmd_ui(args) -> None:
+    from pipeline.tracking import tracking_uri
+
+    uri = tracking_uri()
+    # `mlflow server` with one worker on loopback: `mlflow ui` refuses to start when ./mlruns exists (offline.md)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+            "--port", str(args.port), "--workers", "1",
+            "--default-artifact-root", (PROJECT_ROOT / "mlartifacts").as_uri()]
+    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {uri})", flush=True)
+    os.execv(sys.executable, argv)
+
+
+def cmd_bench(args) -> None:
+    from pipeline.bench import run_bench
+
+    run_bench(args)
+
+
+def _known_model(params, model: str) -> None:
+    if model not in params.models:
+        import difflib
+
+        close = difflib.get_close_matches(model, list(params.models), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CxrbenchError(f"unknown model {model!r}{hint}; params.yaml models: {', '.join(params.models)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cxrbench", description=__doc__.splitlines()[0])
+    p.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("profile", help="write a profile's values into params.yaml")
+    s.add_argument("name", help="cpu | ci | gpu-quick | paper")
+    s.set_defaults(fn=cmd_profile)
+    sub.add_parser("check", help="validate params.yaml and the registry").set_defaults(fn=cmd_check)
+    sub.add_parser("models", help="list registered translators").set_defaults(fn=cmd_models)
+    sub.add_parser("data", help="stage: build the datasets (DRR benchmark or adapters)").set_defaults(fn=cmd_data)
+    sub.add_parser("prior", help="stage: train or convert the CheXNet-style prior").set_defaults(fn=cmd_prior)
+    s = sub.add_parser("train", help="stage: train one model for every seed (resumes automatically)")
+    s.add_argument("--model", required=True)
+    s.set_defaults(fn=cmd_train)
+    s = sub.add_parser("translate-sets", help="stage: translate the evaluation sets with a trained model")
+    s.add_argument("--model", required=True)
+    s.set_defaults(fn=cmd_translate_sets)
+    for name, helptext in (("segmenters", "train the four lung segmenters"), ("detector", "train the YOLOv5 detector"),
+                           ("classifiers", "train and test the Table 2 classifiers")):
+        s = sub.add_parser(name, help=f"stage: {helptext}")
+        s.set_defaults(fn=cmd_eval, stage_name=name if name != "detector" else "detector_training")
+    for name, helptext in (("fidkid", "FID/KID"), ("segment", "lung segmentation mIoU/sensitivity"),
+                           ("lesions", "YOLO lesion counts + Wilcoxon"), ("paired", "paired DRR metrics")):
+        s = sub.add_parser(name, help=f"stage: {helptext} of one model (or 'original')")
+        s.add_argument("--model", required=True)
+        s.set_defaults(fn=cmd_eval, stage_name=name)
+    sub.add_parser("report", help="stage: write reports/ (tables, figures)").set_defaults(fn=cmd_report)
+    s = sub.add_parser("translate", help="translate your own PNG/JPG/DICOM files or folders")
+    s.add_argument("--model", required=True)
+    s.add_argument("--weights", default=None, help="weights file (default: models/<model>/seed<k>.pt)")
+    s.add_argument("--seed", type=int, default=None, help="which seed's weights (default: the first in params)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("inputs", nargs="+", help="image files or folders")
+    s.set_defaults(fn=cmd_translate)
+    s = sub.add_parser("new-baseline", help="scaffold baselines/NAME (passes the contract tests at once)")
+    s.add_argument("name")
+    s.add_argument("--no-params", action="store_true", help="do not add the model to params.yaml")
+    s.set_defaults(fn=cmd_new_baseline)
+    s = sub.add_parser("ui", help="MLflow UI (loopback only by default)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.set_defaults(fn=cmd_ui)
+    s = sub.add_parser("bench", help="speed/memory benchmarks into reports/bench/")
+    s.add_argument("--models", default="", help="comma-separated methods (default: all registered)")
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--batch", type=int, default=0, help="0 = each method's own batch size")
+    s.add_argument("--steps", type=int, default=5)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="auto")
+    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"))
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (CxrbenchError, FileNotFoundError, KeyError) as exc:
+        if os.environ.get("CXRBENCH_DEBUG"):
+            raise
+        msg = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"cxrbench: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration: one schema, validated on load; profiles are sets of values written into params.yaml.
+
+params.yaml is the single home of every value DVC tracks. Its schema is the tree of dataclasses below (plus each
+method's own `Config` dataclass, found through the registry). Validation is strict: an unknown key, a wrong type or an
+out-of-range value stops with one line naming the key, e.g.
+
+    params.yaml: train.iterations: must be >= 1, got 0
+
+Profiles (`pipeline/profiles/<name>.yaml`) are partial overrides of the schema defaults. `cxrbench profile NAME`
+resolves one and writes the full result into params.yaml, so DVC sees every value that changed and reruns exactly the
+stages that read it. Defaults follow the paper (or the official baseline code); values the paper leaves open carry
+`source="assumed"` and a reason in their metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.data.params import DataParams  # the data package owns its section
+from pipeline.eval_params import EvalParams  # eval/ owns its section
+from pipeline.offline import PROJECT_ROOT
+from pipeline.prior_params import PriorParams
+from pipeline.schema import ConfigError, build_dataclass, deep_merge, param, to_plain  # noqa: F401
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+PROFILES = ("cpu", "ci", "gpu-quick", "paper")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The schema.
+# --------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainParams:
+    """Generic training settings owned by the engine (per-method settings live under `methods`)."""
+
+    iterations: int = param(250_000, min=1, source="paper", doc="training iterations per model (paper: 2.5e5)")
+    pretrain_iterations: int = param(0, min=0, doc="pre-training iterations for methods that have one (UVCGAN)",
+                                     source="assumed")
+    crop_scale: float = param(0.9, min=0.1, max=1.0, source="assumed",
+                              doc="random crop side as a fraction of the image side, then resize (paper: 'randomly "
+                                  "cropped then resized', fraction not stated)")
+    hflip: bool = param(False, source="assumed", doc="horizontal flips; off because a CXR is not left-right symmetric")
+    checkpoint_every: int = param(5_000, min=1, doc="iterations between checkpoints (and one at the end)")
+    keep_checkpoints: int = param(2, min=1, doc="how many of the newest checkpoints to keep")
+    log_every: int = param(100, min=1, doc="iterations between logged loss rows")
+    device: Literal["auto", "cpu", "cuda"] = param("auto")
+    precision: Literal["auto", "fp32", "bf16"] = param("auto", doc="auto = bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: bool = param(True, doc="channels_last memory format on CUDA")
+    compile: bool = param(False, doc="torch.compile the translator's networks (CUDA)")
+    deterministic: bool = param(False, doc="torch deterministic algorithms (slower; used by the resume tests)")
+    num_workers: int = param(0, min=0, max=64, doc="data loader worker processes")
+    threads: int = param(0, min=0, max=256, doc="torch CPU threads (0 = torch default)")
+
+
+@dataclass
+class ModelEntry:
+    """One trained model: a registered method plus overrides of its Config (the Table 3 ablation variants)."""
+
+    method: str = param(doc="registry name of the method (ours, cyclegan, ...)")
+    package: str = param("", doc="the method's directory (ours or baselines/<name>): a DVC dependency of its stages; "
+                                 "`cxrbench profile` fills it in")
+    overrides: dict[str, Any] = param(default_factory=dict, doc="values that replace methods.<method> for this model")
+    description: str = param("", doc="one line for tables")
+
+
+@dataclass
+class TrackingParams:
+    enabled: bool = param(True, doc="log to MLflow (DVC metric files stay the source of truth either way)")
+    experiment: str = param("cxrbench")
+    uri: str = param("", doc="MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db")
+
+
+@dataclass
+class Params:
+    profile: str = param("paper", choices=PROFILES, doc="name of the profile these values came from")
+    seeds: list[int] = param(default_factory=lambda: [0, 1, 2], min=0, doc="one trained model per seed and model")
+    data: DataParams = param(default_factory=DataParams)
+    prior: PriorParams = param(default_factory=PriorParams)
+    train: TrainParams = param(default_factory=TrainParams)
+    models: dict[str, ModelEntry] = param(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = param(default_factory=dict, doc="per-method Config values (see registry)")
+    eval: EvalParams = param(default_factory=EvalParams)
+    tracking: TrackingParams = param(default_factory=TrackingParams)
+
+    def validate(self, where: str) -> None:
+        from pipeline import registry
+
+        if not self.seeds:
+            raise ConfigError(f"{where}.seeds: must list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{where}.seeds: duplicate seeds {self.seeds}")
+        for name, entry in self.models.items():
+            if not name.replace("_", "").isalnum() or not name[0].isalpha() or name.lower() != name:
+                raise ConfigError(f"{where}.models.{name}: model names are lower-case letters, digits and '_'")
+            if entry.method not in registry.names():
+                raise ConfigError(f"{where}.models.{name}.method: unknown method {entry.method!r} "
+                                  f"(registered: {', '.join(registry.names())})")
+            package = registry.package_path(entry.method)
+            if entry.package != package:
+                raise ConfigError(f"{where}.models.{name}.package: must be {package!r} (the directory of method "
+                                  f"{entry.method!r}), got {entry.package!r}")
+        for method, values in self.methods.items():
+            if method not in registry.names():
+                raise ConfigError(f"{where}.methods.{method}: unknown method (registered: "
+                                  f"{', '.join(registry.names())})")
+            build_dataclass(registry.get(method).Config, values, f"{where}.methods.{method}")
+        for name, entry in self.models.items():
+            self.method_config(name, where=where)
+
+    def method_config(self, model: str, where: str = "params.yaml") -> Any:
+        """The validated Config of `model`: method defaults < methods.<method> < models.<model>.overrides."""
+        from pipeline import registry
+
+        if model not in self.models:
+            raise ConfigError(f"{where}.models: unknown model {model!r} (configured: {', '.join(self.models)})")
+        entry = self.models[model]
+        values = deep_merge(self.methods.get(entry.method, {}), entry.overrides)
+        return build_dataclass(registry.get(entry.method).Config, values, f"{where}.models.{model}.overrides")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading, profiles.
+# --------------------------------------------------------------------------------------------------------------------
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run `cxrbench profile cpu` to write one)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    path = Path(path) if path else PROJECT_ROOT / "params.yaml"
+    label = path.name if path.parent.resolve() in (PROJECT_ROOT, Path.cwd().resolve()) else str(path)
+    return build_dataclass(Params, read_yaml(path), label)
+
+
+def resolve_profile(name: str) -> dict:
+    """Schema defaults + the profile's overrides, with every model's method section filled in: plain data."""
+    from pipeline import registry
+
+    if name not in PROFILES:
+        import difflib
+
+        close = difflib.get_close_matches(name, PROFILES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown profile {name!r}{hint}; available: {', '.join(PROFILES)}")
+    overrides = read_yaml(PROFILES_DIR / f"{name}.yaml")
+    base = read_yaml(PROFILES_DIR / "base.yaml")
+    replaced = {k: overrides.pop(k) for k in ("models", "seeds") if k in overrides}  # lists of runs: replaced whole
+    base = {**deep_merge(base, overrides), **replaced}
+    base["profile"] = name
+    for entry in (base.get("models") or {}).values():
+        if isinstance(entry, dict) and entry.get("method") in registry.names():
+            entry.setdefault("package", registry.package_path(entry["method"]))
+    params = build_dataclass(Params, base, f"profiles/{name}.yaml")
+    plain = to_plain(params)
+    # methods.<m>: the full Config of every method in use, defaults made explicit so DVC tracks each value.
+    # Precedence: the method's Config defaults (official values) < <method dir>/profiles.yaml[<profile>]
+    # < pipeline/profiles/<profile>.yaml methods.<m>.
+    methods = {}
+    for entry in params.models.values():
+        if entry.method in methods:
+            continue
+        cls = registry.get(entry.method).Config
+        method_profiles_file = registry.package_dir(entry.method) / "profiles.yaml"
+        method_profile = {}
+        if method_profiles_file.exists():
+            method_profile = read_yaml(method_profiles_file).get(name) or {}
+        given = deep_merge(method_profile, params.methods.get(entry.method, {}))
+        methods[entry.method] = to_plain(build_dataclass(cls, given, f"{method_profiles_file}[{name}]"))
+    plain["methods"] = methods
+    return plain
+
+
+def write_profile(name: str, path: str | Path | None = None) -> Path:
+    path = Path(path) if path else PROJECT_ROOT / "params.yaml"
+    plain = resolve_profile(name)
+    header = (f"# Active parameters, written by `cxrbench profile {name}` from pipeline/profiles/{name}.yaml.\n"
+              "# Edit values here (DVC reruns exactly the stages that read them) or switch profile with\n"
+              "# `cxrbench profile cpu|ci|gpu-quick|paper`. Unknown keys and out-of-range values are errors.\n")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(header + yaml.safe_dump(plain, sort_keys=False, width=120))
+    build_dataclass(Params, read_yaml(tmp), str(path.name))  # never write a file that would not load
+    tmp.replace(path)
+    return path

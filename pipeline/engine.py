@@ -1,0 +1,439 @@
+"""The training engine: everything generic around a translator's `train_step`.
+
+- data: unpaired, infinite, *stateless* sampling: the batch of step s is a pure function of (seed, s), so a resumed
+  run sees exactly the batches an uninterrupted run would, with or without loader workers;
+- device, bf16 autocast and channels_last on CUDA (fp32 on CPU: same code path, same behaviour);
+- progress bar with it/s and ETA; loss rows to a DVC plots CSV and to MLflow;
+- atomic checkpoints every N steps and at the end (newest K kept); automatic exact resume (model, optimizers,
+  schedulers, RNG states, step, the translator's extra state); a corrupt newest checkpoint falls back to the previous;
+- a non-finite-loss guard that stops with the step and the loss name; CUDA OOM mapped to a message saying what to change.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.contract import Translator
+from pipeline.errors import CxrbenchError
+
+log = logging.getLogger("cxrbench.engine")
+
+CHECKPOINT_PREFIX = "step_"
+
+
+class TrainingError(CxrbenchError, RuntimeError):
+    """A training failure with a one-line, user-facing message."""
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Seeding and devices
+# --------------------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is visible; set train.device: auto or cpu")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA (no loss scaling needed); None = full fp32 (the CPU default)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data: stateless unpaired sampling
+# --------------------------------------------------------------------------------------------------------------------
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W) -> float in [-1, 1]."""
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+def random_crop_resize(img: torch.Tensor, out_size: int, crop_scale: float, hflip: bool,
+                       gen: np.random.Generator) -> torch.Tensor:
+    """img: (1, H, W) float. Crop a random square of side U[crop_scale, 1] * min(H, W), resize to out_size."""
+    _, h, w = img.shape
+    side = min(h, w)
+    crop = int(round(side * gen.uniform(crop_scale, 1.0))) if crop_scale < 1.0 else side
+    top = int(gen.integers(0, h - crop + 1))
+    left = int(gen.integers(0, w - crop + 1))
+    patch = img[:, top:top + crop, left:left + crop]
+    if crop != out_size:
+        patch = F.interpolate(patch[None], size=(out_size, out_size), mode="bilinear", align_corners=False,
+                              antialias=crop > out_size)[0]
+    if hflip and gen.random() < 0.5:
+        patch = patch.flip(-1)
+    return patch
+
+
+class UnpairedBatches(torch.utils.data.Dataset):
+    """Item s = the training batch of step s: (real_a, real_b), each (batch, 1, size, size) in [-1, 1].
+
+    Indices and augmentation are drawn from a generator seeded by (seed, s): no sampler state exists, so resume and
+    any number of loader workers reproduce the same batches.
+    """
+
+    def __init__(self, images_a: np.ndarray, images_b: np.ndarray, batch_size: int, image_size: int,
+                 crop_scale: float, hflip: bool, seed: int):
+        if len(images_a) == 0 or len(images_b) == 0:
+            raise TrainingError("training set is empty for one domain (need opacity and normal training images)")
+        self.a = torch.from_numpy(np.ascontiguousarray(images_a))  # (N, H, W) uint8: decoded once, kept in memory
+        self.b = torch.from_numpy(np.ascontiguousarray(images_b))
+        self.batch_size, self.image_size = batch_size, image_size
+        self.crop_scale, self.hflip, self.seed = crop_scale, hflip, seed
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def _draw(self, pool: torch.Tensor, gen: np.random.Generator) -> torch.Tensor:
+        idx = gen.integers(0, len(pool), size=self.batch_size)
+        out = [random_crop_resize(to_model_range(pool[i][None]), self.image_size, self.crop_scale, self.hflip, gen)
+               for i in idx]
+        return torch.stack(out)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = np.random.default_rng([self.seed, int(step)])
+        # A and B are drawn independently (unpaired): two child generators
+        gen_a, gen_b = gen.spawn(2)
+        return self._draw(self.a, gen_a), self._draw(self.b, gen_b)
+
+
+class _Steps(torch.utils.data.Sampler):
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+
+def batch_loader(dataset: UnpairedBatches, start: int, stop: int, num_workers: int, pin: bool):
+    # A private generator: creating the loader iterator draws a base seed, which must not consume the global RNG
+    # (that would shift every random draw of a resumed run by one and break exact resume).
+    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_Steps(start, stop),
+                                       num_workers=num_workers, pin_memory=pin,
+                                       generator=torch.Generator().manual_seed(dataset.seed),
+                                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """Every checkpoint and weights file is loaded with weights_only=True: a pickle payload is refused."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*.pt") if not p.name.startswith("."))
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loss log (a DVC plots CSV, rewritten atomically)
+# --------------------------------------------------------------------------------------------------------------------
+class LossLog:
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path else None
+        self.rows: list[dict[str, float]] = []
+
+    def restore(self, up_to_step: int) -> None:
+        """Keep the rows an interrupted run already wrote, up to the step it resumes from."""
+        if not self.path or not self.path.exists():
+            return
+        import csv
+
+        with open(self.path) as fh:
+            for row in csv.DictReader(fh):
+                if int(row["step"]) <= up_to_step:
+                    self.rows.append({k: (float(v) if v != "" else float("nan")) for k, v in row.items()})
+
+    def append(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.path:
+            return
+        keys = ["step"] + sorted({k for r in self.rows for k in r if k != "step"})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".tmp-{self.path.name}")
+        with open(tmp, "w") as fh:
+            fh.write(",".join(keys) + "\n")
+            for r in self.rows:
+                fh.write(",".join(_fmt(r.get(k)) for k in keys) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(int(v)) if v.is_integer() and abs(v) < 2**53 else f"{v:.6g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class EngineSettings:
+    iterations: int
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    num_workers: int = 0
+    crop_scale: float = 1.0
+    hflip: bool = False
+    progress: bool = True
+
+
+class Engine:
+    """Runs a translator's training loop. Translators see: device, backward(loss), autocast(), rank, world_size."""
+
+    def __init__(self, translator: Translator, settings: EngineSettings, ckpt_dir: Path, seed: int,
+                 curve_path: Path | None = None, tracker: Any = None, fingerprint_data: Any = None,
+                 label: str = ""):
+        self.translator = translator
+        self.settings = settings
+        self.ckpt_dir = Path(ckpt_dir)
+        self.seed = seed
+        self.device = select_device(settings.device)
+        self.dtype = autocast_dtype(settings.precision, self.device)
+        self.tracker = tracker
+        self.label = label or translator.name
+        self.loss_log = LossLog(curve_path)
+        self.rank, self.world_size = 0, 1
+        self.step = 0
+        self._fingerprint = fingerprint({"fp": fingerprint_data, "seed": seed, "method": translator.name})
+        self.on_step: Callable[[int], None] | None = None  # test hook (fault injection)
+
+    # --- API used by translators ---------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        loss.backward(**kwargs)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    # --- checkpoints -----------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "step": self.step,
+            "fingerprint": self._fingerprint,
+            "model": self.translator.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "extra": self.translator.extra_state(),
+            "rng": rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{self.step:09d}.pt"
+        atomic_torch_save(self._state(), path)
+        for old in list_checkpoints(self.ckpt_dir)[:-self.settings.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        for stale in self.ckpt_dir.glob(".tmp-*"):  # a write killed mid-way leaves only a temporary file
+            stale.unlink(missing_ok=True)
+        return path
+
+    def try_resume(self) -> int:
+        """Load the newest readable checkpoint of this exact configuration; return its step (0 = fresh start)."""
+        for stale in self.ckpt_dir.glob(".tmp-*") if self.ckpt_dir.is_dir() else []:
+            stale.unlink(missing_ok=True)
+        checkpoints = list_checkpoints(self.ckpt_dir)
+        for path in reversed(checkpoints):
+            try:
+                state = safe_load(path, map_location=self.device)
+            except Exception as exc:  # truncated or corrupt file: fall back to the previous one
+                warnings.warn(f"checkpoint {path} is unreadable ({type(exc).__name__}); trying the previous one",
+                              stacklevel=2)
+                continue
+            if state.get("fingerprint") != self._fingerprint:
+                warnings.warn(f"checkpoints in {self.ckpt_dir} belong to another configuration; starting afresh",
+                              stacklevel=2)
+                for p in checkpoints:
+                    p.unlink(missing_ok=True)
+                return 0
+            self.translator.load_state_dict(state["model"])
+            for k, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][k])
+            for k, sched in self.schedulers.items():
+                sched.load_state_dict(state["schedulers"][k])
+            self.translator.load_extra_state(state.get("extra", {}))
+            set_rng_state(state["rng"])
+            self.step = int(state["step"])
+            log.warning("resuming %s from checkpoint %s at step %d", self.label, path.name, self.step)
+            print(f"[cxrbench] resuming {self.label} from {path} at step {self.step}", file=sys.stderr, flush=True)
+            return self.step
+        return 0
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+    def fit(self, images_a: np.ndarray, images_b: np.ndarray) -> dict[str, float]:
+        s = self.settings
+        t = self.translator
+        if s.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        t.to(self.device)
+        if self.device.type == "cuda" and s.channels_last:
+            t.to(memory_format=torch.channels_last)
+        t.train()
+        self.optimizers, self.schedulers = t.configure_optimizers(s.iterations)
+        seed_everything(self.seed, s.deterministic)
+        start = self.try_resume()
+        self.loss_log.restore(start)
+        if start == 0:
+            self.loss_log.rows.clear()
+            self.loss_log.flush()
+        data = UnpairedBatches(images_a, images_b, t.batch_size, t.image_size, s.crop_scale, s.hflip, self.seed)
+        loader = batch_loader(data, start, s.iterations, s.num_workers, pin=self.device.type == "cuda")
+        window: dict[str, list[float]] = {}
+        last: dict[str, float] = {}
+        bar = _progress(total=s.iterations, initial=start, desc=self.label, enabled=s.progress)
+        t0, done0 = time.perf_counter(), start
+        try:
+            for step, (real_a, real_b) in zip(range(start, s.iterations), loader):
+                real_a = real_a.to(self.device, non_blocking=True)
+                real_b = real_b.to(self.device, non_blocking=True)
+                if self.device.type == "cuda" and s.channels_last:
+                    real_a = real_a.contiguous(memory_format=torch.channels_last)
+                    real_b = real_b.contiguous(memory_format=torch.channels_last)
+                with self.autocast():
+                    losses = t.train_step(real_a, real_b, step, self)
+                for sched in self.schedulers.values():
+                    sched.step()
+                self.step = step + 1
+                for name, value in losses.items():
+                    value = float(value)
+                    if not np.isfinite(value):
+                        raise NonFiniteLossError(f"{self.label}: loss '{name}' is {value} at step {step} "
+                                                 "(lower the learning rate or check the input data)")
+                    window.setdefault(name, []).append(value)
+                bar.update(1)
+                if self.step % s.log_every == 0 or self.step == s.iterations:
+                    last = {k: float(np.mean(v)) for k, v in window.items()}
+                    window.clear()
+                    lr = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
+                    rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)
+                    row = {"step": float(self.step), **last, **lr, "it_per_s": rate}
+                    self.loss_log.append(row)
+                    if self.tracker is not None:
+                        self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=self.step)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(last.items())[:4]})
+                if self.step % s.checkpoint_every == 0 and self.step < s.iterations:
+                    self.save_checkpoint()
+                if self.on_step is not None:
+                    self.on_step(self.step)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise TrainingError(oom_message(self.label, t, exc)) from None
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise TrainingError(oom_message(self.label, t, exc)) from None
+            raise
+        finally:
+            bar.close()
+        if self.step >= s.iterations and (not list_checkpoints(self.ckpt_dir)
+                                          or not list_checkpoints(self.ckpt_dir)[-1].name.endswith(
+                                              f"{self.step:09d}.pt")):
+            self.save_checkpoint()
+        return last
+
+
+def oom_message(label: str, t: Translator, exc: BaseException) -> str:
+    return (f"{label}: out of memory at {t.image_size}px with batch {t.batch_size} ({str(exc).splitlines()[0][:80]}); "
+            "lower data.resolution or the method's batch_size in params.yaml, or set train.precision: bf16")
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True, disable=not enabled,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0, file=sys.stderr)
+
+
+def export_weights(translator: Translator, path: Path, meta: dict[str, Any]) -> None:
+    """Final weights for inference: only the modules translate() needs, plus a JSON sidecar describing them."""
+    keep = set(translator.inference_modules())
+    state = {k: v for k, v in translator.state_dict().items() if k.split(".", 1)[0] in keep}
+    atomic_torch_save(state, path)
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".tmp-{sidecar.name}")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, sidecar)

@@ -1,0 +1,118 @@
+"""Paths and helpers shared by the stage entry points (one layout, one place)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import registry
+from pipeline.config import Params
+from pipeline.offline import PROJECT_ROOT
+
+# Evaluation sets: name -> (dataset folder under data/, split). The DRR data stage writes all three; real-data
+# adapters write folders of the same names (see pipeline/data/README.md).
+EVAL_SETS = {"rsna_like": ("drr", "test"), "ards_like": ("ards-like", "test"), "jsrt_like": ("jsrt-like", "test")}
+TRAIN_DATASET = "drr"
+
+
+class Layout:
+    """Where every stage reads and writes, relative to the project root."""
+
+    def __init__(self, root: Path = PROJECT_ROOT):
+        self.root = Path(root)
+
+    data = property(lambda self: self.root / "data")
+    prior_dir = property(lambda self: self.root / "models" / "prior")
+
+    def dataset(self, name: str) -> Path:
+        return self.data / name
+
+    def checkpoints(self, model: str, seed: int) -> Path:
+        return self.root / "checkpoints" / model / f"seed{seed}"
+
+    def weights(self, model: str, seed: int) -> Path:
+        return self.root / "models" / model / f"seed{seed}.pt"
+
+    def curve(self, model: str, seed: int) -> Path:
+        return self.root / "curves" / model / f"seed{seed}.csv"
+
+    def outputs(self, model: str, seed: int) -> Path:
+        return self.root / "outputs" / model / f"seed{seed}"
+
+    def metrics(self, stage: str, name: str) -> Path:
+        return self.root / "metrics" / stage / f"{name}.json"
+
+
+def source_hash(*paths: Path) -> str:
+    """Hash of the Python sources under `paths`: a checkpoint of changed code is never resumed."""
+    h = hashlib.sha256()
+    for base in paths:
+        files = [base] if base.is_file() else sorted(base.rglob("*.py"))
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(str(f.relative_to(base.parent)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def set_threads(params: Params) -> None:
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+
+
+def build_translator(params: Params, model: str):
+    """A fresh translator of `model` (method config with the model's overrides) at the data resolution."""
+    entry = params.models[model]
+    cls = registry.get(entry.method)
+    cfg = params.method_config(model)
+    return cls(cfg, in_channels=1, image_size=params.data.resolution)
+
+
+def load_trained(params: Params, model: str, seed: int, weights: Path | None = None, device: str = "cpu"):
+    """A trained translator in eval mode, from models/<model>/seed<k>.pt (or an explicit weights file)."""
+    from pipeline.engine import safe_load
+
+    path = Path(weights) if weights else Layout().weights(model, seed)
+    if not path.exists():
+        from pipeline.errors import CxrbenchError
+
+        raise CxrbenchError(f"{path}: no trained weights; run `dvc repro train@{model}` first")
+    t = build_translator(params, model)
+    state = safe_load(path, map_location=device)
+    missing, unexpected = t.load_state_dict(state, strict=False)
+    keep = set(t.inference_modules())
+    missing = [k for k in missing if k.split(".", 1)[0] in keep]
+    if missing or unexpected:
+        from pipeline.errors import CxrbenchError
+
+        raise CxrbenchError(f"{path}: weights do not fit model {model!r} (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}); check methods.{params.models[model].method} in params.yaml")
+    return t.to(device).eval()

@@ -1,0 +1,73 @@
+"""`train@<model>`: train one model for every seed (resumes automatically), export final weights."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline import registry, tracking
+from pipeline.config import Params, to_plain
+from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything
+from pipeline.stages.common import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash, \
+    write_json
+
+
+def engine_settings(params: Params, progress: bool = True) -> EngineSettings:
+    t = params.train
+    return EngineSettings(iterations=t.iterations, checkpoint_every=t.checkpoint_every,
+                          keep_checkpoints=t.keep_checkpoints, log_every=t.log_every, device=t.device,
+                          precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+                          deterministic=t.deterministic, num_workers=t.num_workers, crop_scale=t.crop_scale,
+                          hflip=t.hflip, progress=progress)
+
+
+def load_training_images(root: Path):
+    from pipeline.data.canonical import load_images, read_manifest
+
+    ds = Layout(root).dataset(TRAIN_DATASET)
+    df = read_manifest(ds)
+    train = df[df["split"] == "train"]
+    a = load_images(ds, train[train["domain"] == "opacity"])
+    b = load_images(ds, train[train["domain"] == "normal"])
+    return a, b, file_hash(ds / "manifest.csv")
+
+
+def run_train(params: Params, model: str, root: Path | None = None, seeds: list[int] | None = None,
+              on_engine=None) -> dict:
+    layout = Layout(root) if root else Layout()
+    set_threads(params)
+    entry = params.models[model]
+    cfg = params.method_config(model)
+    images_a, images_b, data_hash = load_training_images(layout.root)
+    code_hash = source_hash(registry.package_dir(entry.method), Path(__file__).resolve().parents[1] / "engine.py")
+    summary = {"model": model, "method": entry.method, "iterations": params.train.iterations, "seeds": {}}
+    for seed in seeds if seeds is not None else params.seeds:
+        seed_everything(seed, params.train.deterministic)
+        translator = build_translator(params, model)
+        fp = {"cfg": to_plain(cfg), "train": to_plain(params.train), "resolution": params.data.resolution,
+              "data": data_hash, "code": code_hash}
+        for k in ("progress", "num_workers", "threads", "device", "log_every"):
+            fp["train"].pop(k, None)
+        with tracking.stage_run("train", model=model, seed=seed, profile=params.profile,
+                                params={"method": entry.method, "cfg": to_plain(cfg), "train": to_plain(params.train),
+                                        "resolution": params.data.resolution},
+                                enabled=params.tracking.enabled, experiment=params.tracking.experiment,
+                                uri=params.tracking.uri) as run:
+            engine = Engine(translator, engine_settings(params), layout.checkpoints(model, seed), seed,
+                            curve_path=layout.curve(model, seed), tracker=run, fingerprint_data=fp,
+                            label=f"{model}/seed{seed}")
+            if on_engine is not None:
+                on_engine(engine)
+            t0 = time.perf_counter()
+            last = engine.fit(images_a, images_b)
+            wall = time.perf_counter() - t0
+            export_weights(translator, layout.weights(model, seed),
+                           {"model": model, "method": entry.method, "seed": seed, "step": engine.step,
+                            "image_size": params.data.resolution, "has_mask": translator.has_mask,
+                            "config": to_plain(cfg), "profile": params.profile})
+            result = {"final_losses": last, "steps": engine.step, "wall_s": round(wall, 2),
+                      "parameters": sum(p.numel() for p in translator.parameters())}
+            run.log_metrics({"wall_s": wall, "parameters": result["parameters"]})
+            run.log_artifact(layout.curve(model, seed))
+        summary["seeds"][str(seed)] = result
+    write_json(layout.metrics("train", model), summary)
+    return summary

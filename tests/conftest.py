@@ -1,0 +1,58 @@
+"""Suite-wide fixtures. The network guard is active for every test, in-process and in stage subprocesses."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["CXRBENCH_NO_NETWORK"] = "1"  # inherited by every subprocess the tests start (cxrbench, dvc)
+
+import pipeline  # noqa: E402,F401  (offline switches)
+from pipeline.offline import PROJECT_ROOT, install_network_guard  # noqa: E402
+
+install_network_guard()
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # 2-core machines: one thread per test process keeps timings sane
+
+
+@pytest.fixture(autouse=True)
+def _no_network():
+    """Every test runs with non-loopback connections refused (asserted by tests/test_offline.py)."""
+    import socket
+
+    assert getattr(socket, "_cxrbench_guard", False), "network guard is not installed"
+    yield
+
+
+def project_files() -> list[str]:
+    """Files a fresh clone would have: tracked plus untracked-not-ignored."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    return [f for f in out if f and (PROJECT_ROOT / f).is_file()]
+
+
+def copy_project(dest: Path) -> Path:
+    """A clean copy of the project (no data/, models/, mlflow.db): what a new user's clone looks like."""
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / rel, target)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra or {})
+    return env

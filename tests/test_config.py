@@ -1,0 +1,120 @@
+"""Config validation: each failure kind stops with one line naming the key; profiles resolve to valid params."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, Params, load_params, resolve_profile, write_profile
+from pipeline.schema import build_dataclass, param
+
+
+@dataclass
+class Inner:
+    lr: float = param(1e-4, min=0.0, max=1.0)
+    mode: str = param("a", choices=("a", "b"))
+
+
+@dataclass
+class Outer:
+    steps: int = param(10, min=1)
+    flag: bool = False
+    names: list[str] = field(default_factory=list)
+    inner: Inner = field(default_factory=Inner)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_unknown_key_names_the_key_and_the_known_ones():
+    with pytest.raises(ConfigError) as exc:
+        build_dataclass(Outer, {"inner": {"lrr": 0.1}}, "params.yaml")
+    assert _one_line(exc).startswith("params.yaml.inner.lrr: unknown key (known keys: lr, mode)")
+
+
+def test_wrong_type_names_the_key_and_the_value():
+    with pytest.raises(ConfigError) as exc:
+        build_dataclass(Outer, {"steps": "ten"}, "params.yaml")
+    assert _one_line(exc) == "params.yaml.steps: expected int, got str 'ten'"
+    with pytest.raises(ConfigError, match=r"flag: expected true or false, got int 1"):
+        build_dataclass(Outer, {"flag": 1}, "p")
+    with pytest.raises(ConfigError, match=r"steps: expected int, got bool True"):
+        build_dataclass(Outer, {"steps": True}, "p")
+    with pytest.raises(ConfigError, match=r"names\[1\]: expected str, got int 3"):
+        build_dataclass(Outer, {"names": ["a", 3]}, "p")
+
+
+def test_out_of_range_names_the_bound():
+    with pytest.raises(ConfigError) as exc:
+        build_dataclass(Outer, {"steps": 0}, "params.yaml")
+    assert _one_line(exc) == "params.yaml.steps: must be >= 1, got 0"
+    with pytest.raises(ConfigError, match=r"inner.lr: must be <= 1.0, got 2.0"):
+        build_dataclass(Outer, {"inner": {"lr": 2.0}}, "p")
+    with pytest.raises(ConfigError, match=r"inner.mode: must be one of a, b, got 'c'"):
+        build_dataclass(Outer, {"inner": {"mode": "c"}}, "p")
+
+
+def test_ints_widen_to_floats_and_defaults_fill_in():
+    obj = build_dataclass(Outer, {"inner": {"lr": 1}}, "p")
+    assert obj.inner.lr == 1.0 and isinstance(obj.inner.lr, float) and obj.steps == 10
+
+
+@pytest.mark.parametrize("profile", ["ci", "cpu", "gpu-quick", "paper"])
+def test_every_profile_resolves_to_valid_params(tmp_path, profile):
+    path = write_profile(profile, tmp_path / "params.yaml")
+    params = load_params(path)
+    assert params.profile == profile
+    for model in params.models:
+        params.method_config(model)  # every model's config validates
+    # every method in use has its full Config written out (DVC tracks each value)
+    assert set(params.methods) == {m.method for m in params.models.values()}
+
+
+def test_paper_profile_has_the_paper_settings():
+    plain = resolve_profile("paper")
+    assert plain["data"]["resolution"] == 512
+    assert plain["train"]["iterations"] == 250_000
+    assert len(plain["models"]) == 11  # six methods + five Table 3 ablation rows
+
+
+def test_unknown_profile_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown profile 'cpuu' \(did you mean 'cpu'\?\)"):
+        resolve_profile("cpuu")
+
+
+def test_params_file_errors_through_the_cli_are_one_line_exit_2(tmp_path):
+    path = write_profile("ci", tmp_path / "params.yaml")
+    data = yaml.safe_load(path.read_text())
+    data["train"]["iterations"] = 0
+    path.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--params", str(path), "check"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"cxrbench: error: {path}.train.iterations: must be >= 1, got 0"]
+
+
+def test_unknown_method_override_is_an_error(tmp_path):
+    path = write_profile("ci", tmp_path / "params.yaml")
+    data = yaml.safe_load(path.read_text())
+    data["models"]["ours_none"]["overrides"]["not_a_field"] = 1
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"models.ours_none.overrides.not_a_field: unknown key"):
+        load_params(path)
+
+
+def test_committed_params_yaml_is_the_cpu_profile():
+    from pipeline.offline import PROJECT_ROOT
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    assert params.profile == "cpu"
+    assert yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) == resolve_profile("cpu")
+
+
+def test_schema_defaults_build():
+    assert isinstance(build_dataclass(Params, {}, "p"), Params)

@@ -1,0 +1,174 @@
+"""The training engine: stateless sampling, exact resume (in-process and after SIGKILL), guards, checkpoints."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.engine import (Engine, EngineSettings, NonFiniteLossError, UnpairedBatches, list_checkpoints,
+                             random_crop_resize, safe_load, seed_everything)
+from toy_translator import ToyConfig, ToyTranslator
+
+DRIVER = Path(__file__).with_name("_train_driver.py")
+
+
+def _data(n=6, size=16):
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (n, size, size), dtype=np.uint8), rng.integers(0, 256, (n, size, size),
+                                                                               dtype=np.uint8))
+
+
+def _settings(iterations, every=3, **kw):
+    return EngineSettings(iterations=iterations, checkpoint_every=every, log_every=1, progress=False, device="cpu",
+                          **kw)
+
+
+def _train(ckpt_dir, iterations=10, stop_after=None, cfg=ToyConfig(), fp=None):
+    seed_everything(3)
+    t = ToyTranslator(cfg)
+    eng = Engine(t, _settings(iterations), ckpt_dir, seed=3, curve_path=Path(ckpt_dir) / "curve.csv",
+                 fingerprint_data=fp)
+    if stop_after is not None:
+        def crash(step):
+            if step == stop_after:
+                raise KeyboardInterrupt("simulated crash")
+        eng.on_step = crash
+    a, b = _data()
+    try:
+        eng.fit(a, b)
+    except KeyboardInterrupt:
+        pass
+    return t, eng
+
+
+def _equal_states(s1, s2):
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    a, b = _data(size=20)
+    d1 = UnpairedBatches(a, b, batch_size=2, image_size=16, crop_scale=0.8, hflip=True, seed=5)
+    d2 = UnpairedBatches(a, b, batch_size=2, image_size=16, crop_scale=0.8, hflip=True, seed=5)
+    for step in (0, 7, 123):
+        xa, xb = d1[step]
+        ya, yb = d2[step]
+        assert xa.shape == (2, 1, 16, 16) and xb.shape == (2, 1, 16, 16)
+        assert torch.equal(xa, ya) and torch.equal(xb, yb)
+        assert xa.min() >= -1 and xa.max() <= 1
+    assert not torch.equal(d1[0][0], d1[1][0])
+    other = UnpairedBatches(a, b, batch_size=2, image_size=16, crop_scale=0.8, hflip=True, seed=6)
+    assert not torch.equal(d1[0][0], other[0][0])
+
+
+def test_loader_workers_give_the_same_batches():
+    from pipeline.engine import batch_loader
+
+    a, b = _data()
+    ds = UnpairedBatches(a, b, 2, 16, 0.9, False, seed=1)
+    serial = [x[0] for x in batch_loader(ds, 3, 7, num_workers=0, pin=False)]
+    parallel = [x[0] for x in batch_loader(ds, 3, 7, num_workers=2, pin=False)]
+    assert len(serial) == 4
+    for s, p in zip(serial, parallel):
+        assert torch.equal(s, p)
+
+
+def test_random_crop_resize_full_crop_is_identity():
+    img = torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+    out = random_crop_resize(img, 8, 1.0, False, np.random.default_rng(0))
+    assert torch.equal(out, img)
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    full, _ = _train(tmp_path / "full", 10)
+    _train(tmp_path / "cut", 10, stop_after=7)  # checkpoints at 3 and 6, crash after step 7
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step_000000003.pt", "step_000000006.pt"]
+    resumed, eng = _train(tmp_path / "cut", 10)
+    assert eng.step == 10
+    _equal_states(full.state_dict(), resumed.state_dict())
+    # the loss curve has exactly one row per step, none duplicated by the resume
+    steps = [int(r["step"]) for r in eng.loss_log.rows]
+    assert steps == list(range(1, 11))
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path):
+    _train(tmp_path, 10, stop_after=7)
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(b"not a checkpoint")
+    seed_everything(3)
+    t = ToyTranslator()
+    eng = Engine(t, _settings(10), tmp_path, seed=3)
+    eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert eng.try_resume() == 3
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
+    _train(tmp_path, 10, stop_after=7, fp={"lr": 1})
+    seed_everything(3)
+    t = ToyTranslator()
+    eng = Engine(t, _settings(10), tmp_path, seed=3, fingerprint_data={"lr": 2})
+    eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    with pytest.warns(UserWarning, match="another configuration"):
+        assert eng.try_resume() == 0
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_keeps_only_the_newest_checkpoints(tmp_path):
+    _train(tmp_path, 10)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step_000000009.pt", "step_000000010.pt"]
+
+
+def test_non_finite_loss_names_step_and_term(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"loss 'g' is nan at step 4"):
+        seed_everything(0)
+        t = ToyTranslator(ToyConfig(nan_at_step=4))
+        Engine(t, _settings(10), tmp_path, seed=0).fit(*_data())
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Payload()}, path)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        safe_load(path)
+
+
+def _run_driver(method, ckpt, out, iters, every, sleep=0.0, kill_at=None):
+    cmd = [sys.executable, str(DRIVER), method, str(ckpt), str(out), str(iters), str(every), str(sleep)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if kill_at is None:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        return stdout, stderr
+    for line in proc.stdout:
+        if line.strip() == f"step {kill_at}":
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return None, None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["toy"])
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, method):
+    iters, every = (16, 5)
+    _run_driver(method, tmp_path / "full", tmp_path / "full.pt", iters, every)
+    _run_driver(method, tmp_path / "cut", tmp_path / "cut.pt", iters, every, sleep=0.2, kill_at=12)
+    assert not (tmp_path / "cut.pt").exists()
+    _, stderr = _run_driver(method, tmp_path / "cut", tmp_path / "cut.pt", iters, every)
+    assert "at step 10" in stderr  # the log names the step it resumed from
+    _equal_states(torch.load(tmp_path / "full.pt", weights_only=True),
+                  torch.load(tmp_path / "cut.pt", weights_only=True))
