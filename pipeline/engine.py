@@ -377,8 +377,12 @@ class Engine:
                     real_b = real_b.contiguous(memory_format=torch.channels_last)
                 with self.autocast():
                     losses = t.train_step(real_a, real_b, step, self)
-                for sched in self.schedulers.values():
-                    sched.step()
+                with warnings.catch_warnings():
+                    # schedules advance every iteration even when a method skips an optimizer on some
+                    # iterations (DRIT's content-D-only steps): torch's order warning does not apply
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    for sched in self.schedulers.values():
+                        sched.step()
                 self.step = step + 1
                 for name, value in losses.items():
                     value = float(value)

@@ -15,6 +15,8 @@ _SWITCHES = {
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",  # mlflow phones home on every process otherwise
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",  # a down tracking server must not stall a stage for minutes
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "DO_NOT_TRACK": "1",
     "YOLO_OFFLINE": "1",  # ultralytics: no DNS probes, no asset downloads
     "YOLO_AUTOINSTALL": "false",  # ultralytics would pip-install missing requirements at run time

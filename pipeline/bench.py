@@ -1,0 +1,176 @@
+"""`cxrbench bench`: speed and memory of every translator's training step and of the evaluation models.
+
+Results go to reports/bench/bench-<device>-<size>px.json and .md, with device, versions and the command, so targets
+(DESIGN section 8) are checked in benchmark results, never in timed tests. Per translator: training iterations/s,
+peak memory, FLOPs per training step (torch.utils.flop_counter on one step) and, on a GPU, model FLOP utilisation
+against the device's bf16 dense peak. Evaluation: images/s of translation, prior (cxr-densenet) feature extraction,
+the four segmenters and YOLO inference.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import registry
+from pipeline.engine import Engine, EngineSettings, seed_everything, select_device
+
+# dense bf16 peak (no sparsity), FLOP/s, by device-name substring
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
+
+
+def device_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def method_config(name: str, profile: str):
+    from pipeline.config import read_yaml
+    from pipeline.schema import build_dataclass
+
+    cls = registry.get(name)
+    prof_file = registry.package_dir(name) / "profiles.yaml"
+    values = (read_yaml(prof_file).get(profile) or {}) if prof_file.exists() else {}
+    if "prior_weights" in cls.Config.__dataclass_fields__:
+        prior = Path("models/prior/prior.pt")
+        values = {**values, "prior_weights": str(prior) if prior.exists() else ""}
+    return build_dataclass(cls.Config, values, f"{name} {profile} profile")
+
+
+def bench_translator(name: str, size: int, batch: int, steps: int, device: torch.device, precision: str,
+                     profile: str, compile_model: bool = False) -> dict[str, Any]:
+    seed_everything(0)
+    cls = registry.get(name)
+    cfg = method_config(name, profile)
+    if batch:
+        cfg.batch_size = batch
+    t = cls(cfg, in_channels=1, image_size=size).to(device)
+    if device.type == "cuda":
+        t.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats(device)
+    eng = Engine(t, EngineSettings(iterations=steps + 2, progress=False, device=device.type, precision=precision),
+                 Path("/tmp/cxrbench-bench"), seed=0)
+    eng.optimizers, eng.schedulers = t.configure_optimizers(steps + 2)
+    b = t.batch_size
+    a_img = torch.rand(b, 1, size, size, device=device) * 2 - 1
+    b_img = torch.rand(b, 1, size, size, device=device) * 2 - 1
+    t.train()
+    # FLOPs of one step (counted once, outside the timed loop)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, eng.autocast():
+        t.train_step(a_img, b_img, 0, eng)
+    flops = counter.get_total_flops()
+    for i in range(2):  # warm-up (cudnn autotune, allocator)
+        with eng.autocast():
+            t.train_step(a_img, b_img, i + 1, eng)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        with eng.autocast():
+            t.train_step(a_img, b_img, i + 3, eng)
+    _sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    peak = device_peak(device)
+    # inference throughput of translate()
+    t.eval()
+    x = torch.rand(max(b, 8), 1, size, size, device=device) * 2 - 1
+    with torch.no_grad(), eng.autocast():
+        t.translate(x)
+        _sync(device)
+        t1 = time.perf_counter()
+        reps = 3
+        for _ in range(reps):
+            t.translate(x)
+        _sync(device)
+    translate_ips = reps * len(x) / (time.perf_counter() - t1)
+    return {
+        "method": name, "size": size, "batch": b, "steps_timed": steps,
+        "iterations_per_s": round(1 / dt, 4), "s_per_iteration": round(dt, 4),
+        "gflops_per_step": round(flops / 1e9, 2),
+        "mfu": round(flops / dt / peak, 4) if peak else None,
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "parameters_m": round(sum(p.numel() for p in t.parameters()) / 1e6, 3),
+        "translate_images_per_s": round(translate_ips, 2),
+    }
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import numpy
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["bf16_peak_tflops"] = (device_peak(device) or 0) / 1e12
+    return env
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{results['environment']['device'].split(':')[0]}-{results['size']}px"
+    path = out_dir / f"bench-{tag}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# Benchmark: {tag}", "", f"Command: `{results['command']}`", "",
+             "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
+             "| method | batch | it/s | s/it | GFLOP/step | MFU | peak MB | params (M) | translate img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["translators"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | error: {r['error']} |||||||| ")
+            continue
+        lines.append(f"| {r['method']} | {r['batch']} | {r['iterations_per_s']} | {r['s_per_iteration']} | "
+                     f"{r['gflops_per_step']} | {r['mfu'] if r['mfu'] is not None else 'n/a (CPU)'} | "
+                     f"{r['peak_memory_mb']} | {r['parameters_m']} | {r['translate_images_per_s']} |")
+    if results.get("evaluation"):
+        lines += ["", "| evaluation model | images/s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in results["evaluation"].items()]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_bench(args) -> dict[str, Any]:
+    device = select_device(args.device)
+    if device.type == "cpu" and torch.get_num_threads() > 2:
+        torch.set_num_threads(2)
+    names = [n.strip() for n in args.models.split(",") if n.strip()] or registry.names()
+    profile = "paper" if device.type == "cuda" else "cpu"
+    results = {"command": " ".join(["cxrbench"] + sys.argv[2:]) if sys.argv[0].endswith("cxrbench")
+               else " ".join(sys.argv), "size": args.size, "profile_widths": profile,
+               "precision": args.precision, "environment": environment(device), "translators": []}
+    for name in names:
+        print(f"bench {name} at {args.size}px on {device} ...", flush=True)
+        try:
+            r = bench_translator(name, args.size, args.batch, args.steps, device, args.precision, profile)
+        except Exception as exc:  # noqa: BLE001  (one failing method must not hide the others' figures)
+            r = {"method": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+        results["translators"].append(r)
+        print(json.dumps(r), flush=True)
+    try:
+        from eval.bench import bench_evaluation
+
+        results["evaluation"] = bench_evaluation(device, args.size)
+    except ImportError:
+        results["evaluation"] = {}
+    path = write_results(results, Path(args.out))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return results

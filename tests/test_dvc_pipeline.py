@@ -1,0 +1,77 @@
+"""`dvc repro` end to end on the ci profile, in a clean copy of the project (as a fresh clone would be)."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import cli_env, copy_project
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, cwd, env, check=True, timeout=1500):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def ci_project(tmp_path_factory):
+    dest = copy_project(tmp_path_factory.mktemp("project"))
+    env = cli_env({"PYTHONPATH": str(dest)})  # the copy's packages, not the editable install's
+    _run(["cxrbench", "profile", "ci"], dest, env)
+    first = _run(["dvc", "repro"], dest, env)
+    return dest, env, first.stdout + first.stderr
+
+
+def test_dag_shows_the_graph(ci_project):
+    dest, env, _ = ci_project
+    out = _run(["dvc", "dag", "--md"], dest, env).stdout
+    for stage in ("data", "prior", "train@ours", "train@cyclegan", "translate@ours", "report"):
+        assert stage in out
+    assert "data --> prior" in out.replace('"', "") or "data-->prior" in out.replace(" ", "")
+
+
+def test_first_repro_runs_every_stage_and_writes_outputs(ci_project):
+    dest, env, log = ci_project
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    stages = set(yaml.safe_load((dest / "dvc.yaml").read_text())["stages"])
+    expected = {s for s in stages if "foreach" not in yaml.safe_load((dest / "dvc.yaml").read_text())["stages"][s]}
+    for group in ("train", "translate"):
+        expected |= {f"{group}@{m}" for m in params["models"]}
+    assert expected <= _ran(log), expected - _ran(log)
+    assert (dest / "data" / "drr" / "manifest.csv").exists()
+    for model in params["models"]:
+        assert (dest / "models" / model / "seed0.pt").exists()
+        assert (dest / "outputs" / model / "seed0" / "index.csv").exists()
+    assert (dest / "reports" / "README.md").exists()
+
+
+def test_second_repro_has_nothing_to_do(ci_project):
+    dest, env, _ = ci_project
+    out = _run(["dvc", "repro"], dest, env)
+    assert _ran(out.stdout + out.stderr) == set()
+    assert "up to date" in (out.stdout + out.stderr).lower()
+
+
+def test_changing_one_models_parameter_reruns_only_that_model(ci_project):
+    dest, env, _ = ci_project
+    path = dest / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    cfg = params["methods"]["cyclegan"]
+    key = next(k for k in ("lr", "lambda_cycle", "lambda_identity") if k in cfg)
+    cfg[key] = cfg[key] * 0.5
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], dest, env)
+    ran = _ran(out.stdout + out.stderr)
+    assert {"train@cyclegan", "translate@cyclegan"} <= ran
+    assert not {s for s in ran if s.endswith("@ours") or s.endswith("@ours_none")}, ran
+    assert not ran & {"data", "prior"}
