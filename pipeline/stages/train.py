@@ -31,6 +31,19 @@ def load_training_images(root: Path):
     return a, b, file_hash(ds / "manifest.csv")
 
 
+def pretrain(translator, params: Params, ckpt_dir: Path, seed: int, fp: dict, run, images_a, images_b,
+             label: str) -> None:
+    """A method's own pre-training phase (UVCGAN's masked-autoencoder pre-training), resumable like training."""
+    settings = engine_settings(params)
+    settings.iterations = params.train.pretrain_iterations
+    view = translator.pretraining_view()
+    engine = Engine(view, settings, ckpt_dir, seed, curve_path=ckpt_dir / "curve.csv",
+                    tracker=None, fingerprint_data={**fp, "phase": "pretrain"}, label=label)
+    last = engine.fit(images_a, images_b)
+    translator.load_pretrained(translator.pretrained_state())
+    run.log_metrics({f"pretrain_{k}": v for k, v in last.items()})
+
+
 def run_train(params: Params, model: str, root: Path | None = None, seeds: list[int] | None = None,
               on_engine=None) -> dict:
     layout = Layout(root) if root else Layout()
@@ -58,6 +71,9 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
             if on_engine is not None:
                 on_engine(engine)
             t0 = time.perf_counter()
+            if translator.has_pretraining and params.train.pretrain_iterations > 0:
+                pretrain(translator, params, layout.checkpoints(model, seed) / "pretrain", seed, fp, run,
+                         images_a, images_b, f"{model}/seed{seed}/pretrain")
             last = engine.fit(images_a, images_b)
             wall = time.perf_counter() - t0
             export_weights(translator, layout.weights(model, seed),
