@@ -79,17 +79,21 @@ def cmd_translate(args) -> None:
     translate_files(_params(args), args.model, args.inputs, Path(args.out), weights=args.weights, seed=args.seed)
 
 
+PER_MODEL_EVALUATORS = ("fidkid", "segment", "lesions", "paired")
+
+
 def cmd_eval(args) -> None:
     import eval.stages as stages
 
     params = _params(args)
-    fn = getattr(stages, f"run_{args.stage_name}")
-    if args.stage_name in ("fidkid", "segment", "lesions", "paired"):
+    if args.stage_name in PER_MODEL_EVALUATORS + ("evaluate",):
         if args.model != "original":
             _known_model(params, args.model)
-        fn(params, args.model)
+        names = PER_MODEL_EVALUATORS if args.stage_name == "evaluate" else (args.stage_name,)
+        for name in names:  # one process for the four evaluators of a model: CPU start-up costs ~5 s each
+            getattr(stages, f"run_{name}")(params, args.model)
     else:
-        fn(params)
+        getattr(stages, f"run_{args.stage_name}")(params)
 
 
 def cmd_report(args) -> None:
@@ -150,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.set_defaults(fn=cmd_translate_sets)
     for name, helptext in (("segmenters", "train the four lung segmenters"), ("detector", "train the YOLOv5 detector"),
-                           ("classifiers", "train and test the Table 2 classifiers")):
+                           ("classifiers", "train and test the Table 2 classifiers"),
+                           ("fidref", "cache the FID/KID reference features")):
         s = sub.add_parser(name, help=f"stage: {helptext}")
         s.set_defaults(fn=cmd_eval, stage_name=name if name != "detector" else "detector_training")
     for name, helptext in (("fidkid", "FID/KID"), ("segment", "lung segmentation mIoU/sensitivity"),
-                           ("lesions", "YOLO lesion counts + Wilcoxon"), ("paired", "paired DRR metrics")):
+                           ("lesions", "YOLO lesion counts + Wilcoxon"), ("paired", "paired DRR metrics"),
+                           ("evaluate", "all four per-model evaluators above")):
         s = sub.add_parser(name, help=f"stage: {helptext} of one model (or 'original')")
         s.add_argument("--model", required=True)
         s.set_defaults(fn=cmd_eval, stage_name=name)

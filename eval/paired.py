@@ -1,0 +1,162 @@
+"""Paired metrics on the DRR benchmark (DESIGN 5.5; beyond the paper): the clean twin is hidden ground truth.
+
+For each opacity image x with twin t (the same rendering without findings), true opacity mask O and lung mask L, and
+its translation y = G(x) with activation mask m (all intensities scaled to [0, 1]):
+- PSNR and SSIM of y vs t, over the whole image and over the lung field ("before" = the same for x vs t);
+- residual opacity: mean |y - t| inside O ("after") vs mean |x - t| inside O ("before"), and their ratio;
+- change outside the findings: mean |y - x| outside O (anatomy that should be left alone);
+- activation-mask AUROC of m against O (pixels of all opacity images pooled) and the best IoU of {m >= level} over
+  every 8-bit level;
+and for each normal image z: mean |G(z) - z| (a translator should leave normals alone) and the mean mask value.
+
+PSNR = 10 log10(1 / MSE) per image (data range 1), averaged over images (identical images: infinite, left out and
+counted). SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, over the
+valid window positions (no padding); the lung-field SSIM averages the SSIM map over window centres inside the lungs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+
+
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """uint8 -> float64 in [0, 1]."""
+    return np.asarray(images, dtype=np.float64) / 255.0
+
+
+def psnr(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-image PSNR in dB of (N, H, W) arrays in [0, 1], optionally over the pixels of a bool mask."""
+    err = (np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2
+    if mask is None:
+        mse = err.reshape(len(err), -1).mean(1)
+    else:
+        m = mask.reshape(len(mask), -1).astype(bool)
+        e = err.reshape(len(err), -1)
+        mse = np.array([e[i][m[i]].mean() if m[i].any() else np.nan for i in range(len(e))])
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(1.0 / mse)
+
+
+def _gaussian_window() -> torch.Tensor:
+    r = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-r**2 / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]  # (1, 1, 11, 11)
+
+
+def ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """SSIM map (N, H-10, W-10) of (N, H, W) arrays in [0, 1] (valid window positions)."""
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    a = torch.from_numpy(np.asarray(x, np.float64))[:, None]
+    b = torch.from_numpy(np.asarray(y, np.float64))[:, None]
+    w = _gaussian_window()
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    var_a = F.conv2d(a * a, w) - mu_a**2
+    var_b = F.conv2d(b * b, w) - mu_b**2
+    cov = F.conv2d(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s[:, 0].numpy()
+
+
+def ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-image mean SSIM; with a mask, over the window centres inside it (NaN when none is, or when the image is
+    smaller than the 11x11 window)."""
+    if min(np.shape(x)[-2:]) < SSIM_WINDOW:
+        return np.full(len(x), np.nan)
+    s = ssim_map(x, y)
+    if mask is None:
+        return s.reshape(len(s), -1).mean(1)
+    h = (SSIM_WINDOW - 1) // 2
+    centres = np.asarray(mask, bool)[:, h:h + s.shape[1], h:h + s.shape[2]]
+    return np.array([s[i][centres[i]].mean() if centres[i].any() else np.nan for i in range(len(s))])
+
+
+def masked_abs_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image mean |x - y| over the pixels of a bool mask (NaN where the mask is empty)."""
+    d = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).reshape(len(x), -1)
+    m = np.asarray(mask, bool).reshape(len(mask), -1)
+    return np.array([d[i][m[i]].mean() if m[i].any() else np.nan for i in range(len(d))])
+
+
+def level_histograms(values_u8: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of each 8-bit level among positive and negative pixels."""
+    v = np.asarray(values_u8, np.uint8).ravel()
+    t = np.asarray(truth, bool).ravel()
+    return np.bincount(v[t], minlength=256).astype(np.float64), np.bincount(v[~t], minlength=256).astype(np.float64)
+
+
+def auroc_from_levels(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """Exact AUROC of 8-bit scores from level histograms: P(pos > neg) + 0.5 P(tie) (Mann-Whitney U / n1 n0)."""
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return None
+    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])  # negatives strictly below each level
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def best_iou_from_levels(pos: np.ndarray, neg: np.ndarray) -> tuple[float | None, int | None]:
+    """max over levels L of IoU({value >= L}, truth) and the arg-max level (0..255)."""
+    if pos.sum() == 0:
+        return None, None
+    tp = np.cumsum(pos[::-1])[::-1]  # positives with value >= L
+    fp = np.cumsum(neg[::-1])[::-1]
+    fn = pos.sum() - tp
+    iou = tp / (tp + fp + fn)
+    best = int(np.argmax(iou))
+    return float(iou[best]), best
+
+
+def _mean(v: np.ndarray) -> float | None:
+    v = np.asarray(v, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else None
+
+
+def image_quality(images: np.ndarray, twins: np.ndarray, lungs: np.ndarray) -> dict[str, Any]:
+    """PSNR/SSIM (whole image and lung field) of uint8 images vs their uint8 twins."""
+    x, t = to_unit(images), to_unit(twins)
+    p, p_lung = psnr(x, t), psnr(x, t, lungs)
+    return {"psnr": _mean(p), "psnr_lung": _mean(p_lung), "psnr_identical": int(np.isinf(p).sum()),
+            "ssim": _mean(ssim(x, t)), "ssim_lung": _mean(ssim(x, t, lungs))}
+
+
+def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.ndarray, opacity: np.ndarray,
+                           translated: np.ndarray | None = None, masks: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything measured on opacity images; uint8 (N, H, W) images/masks, bool lungs/opacity."""
+    out: dict[str, Any] = {"n": int(len(originals)), "before": image_quality(originals, twins, lungs)}
+    x, t = to_unit(originals), to_unit(twins)
+    before = masked_abs_diff(x, t, opacity)
+    out["residual_opacity_before"] = _mean(before)
+    if translated is not None:
+        y = to_unit(translated)
+        after = masked_abs_diff(y, t, opacity)
+        out["after"] = image_quality(translated, twins, lungs)
+        out["residual_opacity_after"] = _mean(after)
+        ok = np.isfinite(before) & np.isfinite(after) & (before > 0)
+        out["residual_opacity_ratio"] = _mean(after[ok] / before[ok]) if ok.any() else None
+        out["change_outside_opacity"] = _mean(masked_abs_diff(y, x, ~np.asarray(opacity, bool)))
+    if masks is not None:
+        pos, neg = level_histograms(masks, opacity)
+        iou, level = best_iou_from_levels(pos, neg)
+        out["mask_auroc"] = auroc_from_levels(pos, neg)
+        out["mask_best_iou"] = iou
+        out["mask_best_threshold"] = None if level is None else level / 255.0
+    return out
+
+
+def normal_change_metrics(originals: np.ndarray, translated: np.ndarray,
+                          masks: np.ndarray | None = None) -> dict[str, Any]:
+    """How much a translator changes normal images (it should not): mean |G(z) - z| in [0, 1] units, PSNR, masks."""
+    z, y = to_unit(originals), to_unit(translated)
+    diff = np.abs(y - z).reshape(len(z), -1).mean(1)
+    p = psnr(y, z)
+    out = {"n": int(len(z)), "mean_abs_change": _mean(diff), "psnr_vs_input": _mean(p),
+           "psnr_identical": int(np.isinf(p).sum())}
+    if masks is not None:
+        out["mean_mask"] = float(to_unit(masks).mean())
+    return out

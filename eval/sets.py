@@ -1,0 +1,140 @@
+"""Where the evaluators read from: the evaluation sets in data/ and a model's translations in outputs/.
+
+Evaluation sets (pipeline.stages.common.EVAL_SETS): rsna_like = data/drr test split (both domains), ards_like =
+data/ards-like (opacity only), jsrt_like = data/jsrt-like (normal only). Translations: outputs/<model>/seed<k>/
+index.csv (columns eval_set, dataset, id, domain, direction, image, mask; paths relative to that folder).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from pipeline.errors import CxrbenchError
+from pipeline.stages.common import EVAL_SETS, TRAIN_DATASET, Layout
+
+ORIGINAL = "original"  # the model name of the untranslated rows
+
+
+class EvalError(CxrbenchError):
+    """A missing or malformed evaluation input (one line: the file and the fix)."""
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise EvalError("params.yaml eval.device is 'cuda' but no CUDA device is visible; set it to auto or cpu")
+    return torch.device("cuda" if preference in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def _manifest(dataset_dir: Path) -> pd.DataFrame:
+    from pipeline.data.canonical import read_manifest
+
+    if not (dataset_dir / "manifest.csv").exists():
+        raise EvalError(f"{dataset_dir / 'manifest.csv'}: not found; run `dvc repro data` first")
+    return read_manifest(dataset_dir)
+
+
+def cap_rows(df: pd.DataFrame, max_images: int) -> pd.DataFrame:
+    """The first `max_images` rows of each domain by id (0 = all): deterministic and balanced."""
+    df = df.sort_values("id", kind="stable")
+    if max_images:
+        df = df.groupby("domain", group_keys=False, sort=False).head(max_images)
+    return df.reset_index(drop=True)
+
+
+def eval_rows(layout: Layout, eval_set: str, max_images: int = 0) -> tuple[Path, pd.DataFrame]:
+    """(dataset dir, rows of the set's split) of one evaluation set, capped per domain."""
+    if eval_set not in EVAL_SETS:
+        raise EvalError(f"unknown evaluation set {eval_set!r}; known: {', '.join(EVAL_SETS)}")
+    dataset, split = EVAL_SETS[eval_set]
+    ds = layout.dataset(dataset)
+    df = _manifest(ds)
+    return ds, cap_rows(df[df["split"] == split], max_images)
+
+
+def scored_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows segmentation and lesion counts score: the opacity images of a set when it has any (rsna_like,
+    ards_like: does removing opacities help?), else all of them (jsrt_like: a translator should change nothing)."""
+    opacity = df[df["domain"] == "opacity"]
+    return (opacity if len(opacity) else df).reset_index(drop=True)
+
+
+def available_sets(layout: Layout) -> list[str]:
+    return [name for name, (dataset, _) in EVAL_SETS.items() if (layout.dataset(dataset) / "manifest.csv").exists()]
+
+
+def train_rows(layout: Layout, split: str = "train", max_images: int = 0) -> tuple[Path, pd.DataFrame]:
+    ds = layout.dataset(TRAIN_DATASET)
+    df = _manifest(ds)
+    return ds, cap_rows(df[df["split"] == split], max_images)
+
+
+def load_original(dataset_dir: Path, rows: pd.DataFrame, column: str = "image") -> np.ndarray:
+    """uint8 (N, H, W) images of the manifest rows (column "twin": their clean twins)."""
+    from pipeline.data.canonical import load_images
+
+    return load_images(dataset_dir, rows, column)
+
+
+def load_mask(dataset_dir: Path, rows: pd.DataFrame, column: str) -> np.ndarray:
+    """bool (N, H, W) masks (lung_mask, opacity_mask) of the manifest rows; a missing path is an error."""
+    from pipeline.data.canonical import load_masks
+
+    missing = rows[rows[column].fillna("").astype(str) == ""]
+    if len(missing):
+        raise EvalError(f"{dataset_dir / 'manifest.csv'}: {column} is empty for id {missing['id'].iloc[0]!r} "
+                        f"({len(missing)} rows); this evaluation needs it for every image of the set")
+    return load_masks(dataset_dir, rows, column)
+
+
+def read_pngs(paths: list[Path]) -> np.ndarray:
+    """8-bit grayscale PNGs -> uint8 (N, H, W)."""
+    if not paths:
+        return np.zeros((0, 0, 0), np.uint8)
+    return np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.uint8) for p in paths])
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)[:, None]
+
+
+class Translations:
+    """The translate stage's output of one (model, seed): look up translated images and masks by (set, id)."""
+
+    def __init__(self, layout: Layout, model: str, seed: int):
+        self.dir = layout.outputs(model, seed)
+        index = self.dir / "index.csv"
+        if not index.exists():
+            raise EvalError(f"{index}: not found; run `dvc repro translate@{model}` first")
+        df = pd.read_csv(index, dtype=str, keep_default_na=False)
+        need = {"eval_set", "id", "domain", "direction", "image", "mask"}
+        if not need <= set(df.columns):
+            raise EvalError(f"{index}: missing columns {sorted(need - set(df.columns))}; rerun translate@{model}")
+        self.df = df
+        self._by_key = {(r.eval_set, r.id, r.direction): r for r in df.itertuples(index=False)}
+
+    def has_masks(self) -> bool:
+        return bool((self.df["mask"] != "").any())
+
+    def rows(self, eval_set: str, direction: str, domain: str | None = None) -> pd.DataFrame:
+        sel = (self.df["eval_set"] == eval_set) & (self.df["direction"] == direction)
+        if domain is not None:
+            sel &= self.df["domain"] == domain
+        return self.df[sel].sort_values("id", kind="stable").reset_index(drop=True)
+
+    def paths(self, eval_set: str, ids: list[str], direction: str = "a2b", column: str = "image") -> list[Path]:
+        out = []
+        for i in ids:
+            rec = self._by_key.get((eval_set, str(i), direction))
+            if rec is None:
+                raise EvalError(f"{self.dir / 'index.csv'}: no {direction} translation of {eval_set} image {i!r}; "
+                                "rerun the translate stage (params changed since?)")
+            rel = getattr(rec, column)
+            if not rel:
+                raise EvalError(f"{self.dir / 'index.csv'}: {eval_set} image {i!r} has no {column} ({direction})")
+            out.append(self.dir / rel)
+        return out

@@ -1,0 +1,71 @@
+"""The `eval` section of params.yaml (owned by the evaluation suite in eval/).
+
+Defaults are the `paper` profile's values. The paper does not state how its segmenters, detector and classifiers
+were trained ("fine-tuned CXR lung segmentation models", "YOLOv5", "classifiers with different backbones"): those
+values are `assumed` (common settings for each model family), the reason next to each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.schema import param
+
+
+@dataclass
+class EvalParams:
+    # --- general --------------------------------------------------------------------------------------------------
+    max_images: int = param(0, min=0, doc="cap on images per domain of each evaluation set, first by id (0 = all)")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", doc="device of every evaluator (auto = CUDA if visible)")
+    batch_size: int = param(32, min=1, doc="inference batch size of the evaluators")
+    seed: int = param(0, min=0, doc="seed of the evaluation models' training (segmenters, detector, classifiers)")
+
+    # --- FID / KID (DESIGN 5.1) -----------------------------------------------------------------------------------
+    fid_extractors: list[str] = param(default_factory=lambda: ["inception", "cxr-densenet"],
+                                      choices=("inception", "cxr-densenet"),
+                                      doc="feature spaces: inception (needs the weights file), cxr-densenet (prior)")
+    inception_weights: str = param("", doc="torch-fidelity Inception weights file; empty = $TORCH_HOME/hub/checkpoints/"
+                                           "weights-inception-2015-12-05-6726825d.pth; never downloaded")
+    inception_check_hash: bool = param(True, doc="accept only the canonical file (sha256 starts with 6726825d); "
+                                                 "anything else is reported as unavailable")
+    prior_path: str = param("models/prior/prior.pt", doc="the prior whose pooled features make the cxr-densenet FID")
+    kid_subsets: int = param(100, min=1, source="official", doc="KID subsets (torch-fidelity default)")
+    kid_subset_size: int = param(1000, min=2, source="official",
+                                 doc="KID subset size (torch-fidelity default), clamped to the smaller set")
+    fid_rng_seed: int = param(2020, min=0, source="official", doc="torch-fidelity rng_seed (KID subset sampling)")
+
+    # --- segmentation (DESIGN 5.2) --------------------------------------------------------------------------------
+    segmenters: list[str] = param(default_factory=lambda: ["pspnet", "unet", "cenet", "vgg16bn_unet"],
+                                  choices=("pspnet", "unet", "cenet", "vgg16bn_unet"), doc="lung segmenters")
+    seg_iterations: int = param(10_000, min=1, source="assumed", doc="training iterations of each segmenter")
+    seg_batch_size: int = param(8, min=1, source="assumed")
+    seg_lr: float = param(1e-3, min=0.0, source="assumed", doc="Adam learning rate (from scratch: no pretrained "
+                                                                 "encoders offline), cosine decay to 0")
+    seg_threshold: float = param(0.5, min=0.0, max=1.0, doc="lung probability threshold")
+
+    # --- lesion detection (DESIGN 5.3) ----------------------------------------------------------------------------
+    detector_cfg: str = param("yolov5s.yaml", doc="ultralytics model yaml (yolov5n.yaml, yolov5s.yaml, ...) built "
+                                                  "without weights")
+    detector_weights: str = param("", doc="local YOLO .pt to start from instead of the yaml (never downloaded)")
+    det_epochs: int = param(100, min=1, source="assumed")
+    det_batch_size: int = param(16, min=1, source="assumed")
+    det_image_size: int = param(0, min=0, doc="YOLO imgsz (multiple of 32); 0 = the data resolution")
+    det_conf: float = param(0.25, min=0.0, max=1.0, source="official", doc="detection confidence threshold "
+                                                                            "(ultralytics predict default)")
+    det_iou: float = param(0.7, min=0.0, max=1.0, source="official", doc="NMS IoU (ultralytics predict default)")
+
+    # --- classifiers (DESIGN 5.4, Table 2) ------------------------------------------------------------------------
+    classifiers: list[str] = param(
+        default_factory=lambda: ["resnet50", "mobilenetv3_large_100", "efficientnet_b0", "densenet121"],
+        doc="timm architectures (pretrained=False, in_chans=1, num_classes=2)")
+    classify_models: list[str] = param(default_factory=lambda: ["ours"],
+                                       doc="models whose translations/masks train the Generated/Mask classifiers "
+                                           "(Table 2 is about the proposed method); Original is always trained")
+    classifier_train_images: int = param(0, min=0, doc="cap per domain on training images translated for Table 2 "
+                                                       "(read by the translate stage; 0 = all)")
+    cls_iterations: int = param(5_000, min=1, source="assumed")
+    cls_batch_size: int = param(16, min=1, source="assumed")
+    cls_lr: float = param(1e-3, min=0.0, source="assumed", doc="AdamW learning rate, cosine decay to 0")
+    ards_negatives: Literal["rsna_like", "jsrt_like"] = param(
+        "rsna_like", doc="negatives of the ARDS test set (ards_like has only opacity images): the rsna_like test "
+                         "normals (same detector as training) or the jsrt_like normals (another detector)")

@@ -1,0 +1,96 @@
+"""Paired DRR metrics against independent computations: PSNR by hand, SSIM against a loop-based reference of Wang et
+al. (2004), AUROC against scipy's Mann-Whitney U, best IoU against brute force, residual opacity by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from eval import paired
+from eval.stats import auroc
+
+
+def test_psnr_by_hand():
+    x = np.zeros((2, 8, 8))
+    y = np.full((2, 8, 8), 0.1)
+    y[1] = 0.01
+    assert paired.psnr(x, y) == pytest.approx([20.0, 40.0])  # 10 log10(1 / 0.01), 10 log10(1 / 1e-4)
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, :2] = True
+    y2 = y.copy()
+    y2[:, 2:] = 0.5  # outside the mask: ignored by the masked PSNR
+    assert paired.psnr(x, y2, mask) == pytest.approx([20.0, 40.0])
+    assert np.isinf(paired.psnr(x, x)).all()
+
+
+def ssim_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM map by explicit loops over windows: Gaussian 11x11 weights (sigma 1.5), C1 = (0.01)^2, C2 = (0.03)^2."""
+    r = np.arange(11) - 5
+    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    w = g / g.sum()
+    h, wd = a.shape
+    out = np.zeros((h - 10, wd - 10))
+    for i in range(h - 10):
+        for j in range(wd - 10):
+            pa, pb = a[i:i + 11, j:j + 11], b[i:i + 11, j:j + 11]
+            ma, mb = (w * pa).sum(), (w * pb).sum()
+            va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
+            cov = (w * (pa - ma) * (pb - mb)).sum()
+            out[i, j] = ((2 * ma * mb + 1e-4) * (2 * cov + 9e-4)) / ((ma**2 + mb**2 + 1e-4) * (va + vb + 9e-4))
+    return out
+
+
+def test_ssim_matches_loop_reference():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 16, 18))
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
+    ref = np.stack([ssim_reference(a[i], b[i]) for i in range(2)])
+    assert np.allclose(paired.ssim_map(a, b), ref, atol=1e-10)
+    assert paired.ssim(a, b) == pytest.approx(ref.reshape(2, -1).mean(1), abs=1e-10)
+    mask = np.zeros(a.shape, bool)
+    mask[:, 7:10, 6:12] = True  # window centres (7..9, 6..11) -> map rows 2..4, cols 1..6
+    assert paired.ssim(a, b, mask) == pytest.approx(ref[:, 2:5, 1:7].reshape(2, -1).mean(1), abs=1e-10)
+    assert paired.ssim(a, a) == pytest.approx([1.0, 1.0])
+
+
+def test_auroc_matches_mann_whitney():
+    rng = np.random.default_rng(1)
+    truth = rng.random((3, 10, 10)) < 0.3
+    values = np.clip(rng.normal(100, 40, truth.shape) + 60 * truth, 0, 255).astype(np.uint8)  # 8-bit: many ties
+    u = sps.mannwhitneyu(values[truth], values[~truth]).statistic
+    expected = u / (truth.sum() * (~truth).sum())
+    pos, neg = paired.level_histograms(values, truth)
+    assert paired.auroc_from_levels(pos, neg) == pytest.approx(expected, rel=1e-12)
+    assert auroc(values, truth) == pytest.approx(expected, rel=1e-12)
+    assert paired.auroc_from_levels(pos, np.zeros(256)) is None
+
+
+def test_best_iou_matches_brute_force():
+    rng = np.random.default_rng(2)
+    truth = rng.random((2, 12, 12)) < 0.25
+    values = np.clip(rng.normal(90, 50, truth.shape) + 80 * truth, 0, 255).astype(np.uint8)
+    brute = [((values >= t) & truth).sum() / ((values >= t) | truth).sum() for t in range(256)]
+    iou, level = paired.best_iou_from_levels(*paired.level_histograms(values, truth))
+    assert iou == pytest.approx(max(brute)) and brute[level] == pytest.approx(max(brute))
+
+
+def test_residual_opacity_and_normal_change_by_hand():
+    twin = np.full((1, 4, 4), 100, np.uint8)
+    original = twin.copy()
+    original[0, :2, :2] = 200  # the opacity: +100 on 4 pixels
+    opacity = original > 150
+    lungs = np.ones_like(opacity)
+    translated = twin.copy()
+    translated[0, :2, :2] = 150  # half of it removed
+    translated[0, 3, 3] = 151  # one pixel outside the finding changed by 51
+    res = paired.paired_opacity_metrics(original, twin, lungs, opacity, translated,
+                                        masks=(opacity * 255).astype(np.uint8))
+    assert res["residual_opacity_before"] == pytest.approx(100 / 255)
+    assert res["residual_opacity_after"] == pytest.approx(50 / 255)
+    assert res["residual_opacity_ratio"] == pytest.approx(0.5)
+    assert res["change_outside_opacity"] == pytest.approx(51 / 255 / 12)
+    assert res["mask_auroc"] == 1.0 and res["mask_best_iou"] == 1.0
+    assert res["after"]["psnr"] == pytest.approx(10 * np.log10(1 / ((4 * 50**2 + 51**2) / 255**2 / 16)))
+    assert res["after"]["ssim"] is None  # 4x4 is smaller than the 11x11 SSIM window: undefined, not invented
+    normal = paired.normal_change_metrics(twin, translated)
+    assert normal["mean_abs_change"] == pytest.approx((4 * 50 + 51) / 255 / 16)
