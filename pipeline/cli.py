@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (CxrbenchError, FileNotFoundError, KeyError) as exc:
+    except (CxrbenchError, FileNotFoundError) as exc:
         if os.environ.get("CXRBENCH_DEBUG"):
             raise
         msg = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__

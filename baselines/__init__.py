@@ -1,0 +1,1 @@
+"""Baselines: one self-contained package per method (discovered by pipeline/registry.py)."""
