@@ -85,6 +85,8 @@ class StageRun:
             self.run_id = None
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.active:
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -94,6 +96,8 @@ class StageRun:
             self._guard("metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 500])
 
     def log_params(self, params: dict[str, Any]) -> None:
+        if not self.active:
+            return
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
@@ -101,11 +105,15 @@ class StageRun:
             self._guard("params", self.client.log_batch, self.run_id, params=items[i:i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        if not self.active:
+            return
         from mlflow.entities import RunTag
 
         self._guard("tags", self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.active:
+            return
         if Path(path).exists():
             self._guard("artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 

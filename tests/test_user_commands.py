@@ -1,0 +1,106 @@
+"""User commands: `cxrbench translate` on a user's DICOM and PNG files, `cxrbench new-baseline` end to end."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import cli_env, copy_project
+from pipeline.config import load_params, write_profile
+
+
+def _write_dicom(path, array_u16, monochrome1=True):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "DX", "anon"
+    ds.Rows, ds.Columns = array_u16.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = array_u16.astype("<u2").tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    assert pydicom.dcmread(str(path)).pixel_array.shape == array_u16.shape
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from helpers_data import write_tiny_dataset
+    from pipeline.stages.train import run_train
+
+    root = tmp_path_factory.mktemp("root")
+    params = load_params(write_profile("ci", root / "params.yaml"))
+    params.tracking.enabled = False
+    write_tiny_dataset(root)
+    run_train(params, "ours_none", root=root)
+    return root, params
+
+
+def test_translate_dicom_and_png_with_mask_and_overlay(trained, tmp_path):
+    from pipeline.stages.user_translate import translate_files
+
+    root, params = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ramp = np.tile(np.linspace(0, 4095, 80), (100, 1)).astype(np.uint16)  # 100x80: not square, not 64 px
+    _write_dicom(inputs / "patient1.dcm", ramp)
+    Image.fromarray((ramp // 16).astype(np.uint8), "L").save(inputs / "patient2.png")
+    out = tmp_path / "out"
+    written = translate_files(params, "ours_none", [str(inputs)], out, weights=str(root / "models/ours_none/seed0.pt"))
+    assert len(written) == 6
+    for stem in ("patient1", "patient2"):
+        t = Image.open(out / f"{stem}_translated.png")
+        m = Image.open(out / f"{stem}_mask.png")
+        o = Image.open(out / f"{stem}_overlay.png")
+        assert t.mode == "L" and t.size == (64, 64) and m.size == (64, 64)
+        assert o.mode == "RGB" and o.size == (3 * 64, 64)
+    # MONOCHROME1: the left of the ramp (low stored value) is bright after inversion, as in the PNG's opposite
+    from pipeline.stages.user_translate import read_any
+
+    dcm, png = read_any(inputs / "patient1.dcm", 64), read_any(inputs / "patient2.png", 64)
+    assert dcm[:, :8].mean() > 200 and dcm[:, -8:].mean() < 55
+    assert png[:, :8].mean() < 55 and png[:, -8:].mean() > 200
+
+
+def test_translate_cli_bad_input_is_one_line(trained, tmp_path):
+    root, _ = trained
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--params", str(root / "params.yaml"), "translate",
+                        "--model", "ours_none", "--weights", str(root / "models/ours_none/seed0.pt"), "--out",
+                        str(tmp_path / "out"), str(bad)], capture_output=True, text=True, env=cli_env())
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert str(bad) in r.stderr and "corrupt" in r.stderr
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.slow
+def test_new_baseline_passes_contract_tests_and_trains_under_dvc(tmp_path):
+    dest = copy_project(tmp_path / "project")
+    env = cli_env({"PYTHONPATH": str(dest)})
+
+    def run(*args, timeout=900):
+        r = subprocess.run(list(args), cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, f"{args}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+        return r.stdout + r.stderr
+
+    run("cxrbench", "profile", "ci")
+    run("cxrbench", "new-baseline", "demo")
+    assert (dest / "baselines" / "demo" / "README.md").exists()
+    out = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_contract.py", "-k", "demo")
+    assert "passed" in out and "failed" not in out
+    out = run("dvc", "repro", "translate@demo")
+    assert "Running stage 'train@demo'" in out and "Running stage 'translate@demo'" in out
+    assert (dest / "outputs" / "demo" / "seed0" / "index.csv").exists()
+    r = subprocess.run(["cxrbench", "new-baseline", "demo"], cwd=dest, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "exists already" in r.stderr
