@@ -6,7 +6,9 @@
 - progress bar with it/s and ETA; loss rows to a DVC plots CSV and to MLflow;
 - atomic checkpoints every N steps and at the end (newest K kept); automatic exact resume (model, optimizers,
   schedulers, RNG states, step, the translator's extra state); a corrupt newest checkpoint falls back to the previous;
-- a non-finite-loss guard that stops with the step and the loss name; CUDA OOM mapped to a message saying what to change.
+- a non-finite-loss guard that stops with the step and the loss name; CUDA OOM mapped to a message saying what to change;
+- one run across several processes under torchrun (pipeline/distributed.py): rank r trains on its slice of the same
+  global batch, gradients are averaged per backward call, rank 0 alone logs and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import distributed
 from pipeline.contract import Translator
 from pipeline.errors import CxrbenchError
 
@@ -101,12 +104,21 @@ class UnpairedBatches(torch.utils.data.Dataset):
 
     Indices and augmentation are drawn from a generator seeded by (seed, s): no sampler state exists, so resume and
     any number of loader workers reproduce the same batches.
+
+    Distributed (world_size > 1): `batch_size` is the global batch (world_size x per-rank batch). Every rank draws
+    the same global batch and returns only its slice [rank * b, (rank + 1) * b), b = batch_size / world_size, so the
+    ranks together train on exactly the batch of a 1-process run. Images outside the slice are not cropped: only
+    their random draws are consumed (_skip_crop_draws).
     """
 
     def __init__(self, images_a: np.ndarray, images_b: np.ndarray, batch_size: int, image_size: int,
-                 crop_scale: float, hflip: bool, seed: int):
+                 crop_scale: float, hflip: bool, seed: int, rank: int = 0, world_size: int = 1):
         if len(images_a) == 0 or len(images_b) == 0:
             raise TrainingError("training set is empty for one domain (need opacity and normal training images)")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise TrainingError(f"global batch {batch_size} cannot be split into {world_size} equal rank slices "
+                                f"(rank {rank}); use a batch size that is a multiple of the number of processes")
+        self.rank, self.world_size = rank, world_size
         self.a = torch.from_numpy(np.ascontiguousarray(images_a))  # (N, H, W) uint8: decoded once, kept in memory
         self.b = torch.from_numpy(np.ascontiguousarray(images_b))
         self.batch_size, self.image_size = batch_size, image_size
@@ -117,8 +129,15 @@ class UnpairedBatches(torch.utils.data.Dataset):
 
     def _draw(self, pool: torch.Tensor, gen: np.random.Generator) -> torch.Tensor:
         idx = gen.integers(0, len(pool), size=self.batch_size)
-        out = [random_crop_resize(to_model_range(pool[i][None]), self.image_size, self.crop_scale, self.hflip, gen)
-               for i in idx]
+        per_rank = self.batch_size // self.world_size
+        mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        out = []
+        for j, i in enumerate(idx):  # in order: image j's crop draws follow image j-1's on the one generator
+            if j in mine:
+                out.append(random_crop_resize(to_model_range(pool[i][None]), self.image_size, self.crop_scale,
+                                              self.hflip, gen))
+            else:
+                _skip_crop_draws(pool.shape[-2], pool.shape[-1], self.crop_scale, self.hflip, gen)
         return torch.stack(out)
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +145,17 @@ class UnpairedBatches(torch.utils.data.Dataset):
         # A and B are drawn independently (unpaired): two child generators
         gen_a, gen_b = gen.spawn(2)
         return self._draw(self.a, gen_a), self._draw(self.b, gen_b)
+
+
+def _skip_crop_draws(h: int, w: int, crop_scale: float, hflip: bool, gen: np.random.Generator) -> None:
+    """Consume exactly the draws random_crop_resize makes for an (h, w) image, without cropping (another rank's
+    image). Must mirror random_crop_resize; tests/test_distributed.py checks rank slices against the full batch."""
+    side = min(h, w)
+    crop = int(round(side * gen.uniform(crop_scale, 1.0))) if crop_scale < 1.0 else side
+    gen.integers(0, h - crop + 1)
+    gen.integers(0, w - crop + 1)
+    if hflip:
+        gen.random()
 
 
 class _Steps(torch.utils.data.Sampler):
@@ -264,7 +294,19 @@ class EngineSettings:
 
 
 class Engine:
-    """Runs a translator's training loop. Translators see: device, backward(loss), autocast(), rank, world_size."""
+    """Runs a translator's training loop. Translators see: device, backward(loss), autocast(), rank, world_size.
+
+    Under torchrun (WORLD_SIZE > 1) the engine joins the process group when it is created and then:
+    - broadcasts rank 0's parameters and buffers at the start and after a resume (identical replicas);
+    - seeds every rank with seed + rank after that broadcast, so the translator's own random draws (noise, style
+      codes, subsets, image-pool choices) differ per rank; rank 0 draws exactly what a 1-process run draws;
+    - gives rank r its slice of the global batch of step s (world_size x the method's batch_size; UnpairedBatches);
+    - averages gradients over ranks inside backward() (distributed.GradientAverager: why not one DDP per network);
+    - averages the step's losses over ranks, so logs show global-batch losses and the NaN guard stops every rank;
+    - logs (loss CSV, MLflow, progress bar) and writes checkpoints on rank 0 only; other ranks wait at a barrier.
+      A checkpoint has the keys of a 1-process one (rank 0's values) plus "ranks": the RNG states and extra state
+      (image pools) of ranks 1..N-1, so resuming with the same world size is exact.
+    """
 
     def __init__(self, translator: Translator, settings: EngineSettings, ckpt_dir: Path, seed: int,
                  curve_path: Path | None = None, tracker: Any = None, fingerprint_data: Any = None,
@@ -273,19 +315,29 @@ class Engine:
         self.settings = settings
         self.ckpt_dir = Path(ckpt_dir)
         self.seed = seed
-        self.device = select_device(settings.device)
+        if settings.device != "cpu":
+            distributed.claim_gpu_slot()  # CXRBENCH_GPU_SLOTS: one GPU per parallel run (dvc queue)
+        # single process: (0, 1, the selected device); under torchrun: this rank, the world size, cuda:LOCAL_RANK
+        self.rank, self.world_size, self.device = distributed.setup(select_device(settings.device))
         self.dtype = autocast_dtype(settings.precision, self.device)
-        self.tracker = tracker
+        self.tracker = tracker if self.rank == 0 else None
         self.label = label or translator.name
-        self.loss_log = LossLog(curve_path)
-        self.rank, self.world_size = 0, 1
+        self.loss_log = LossLog(curve_path if self.rank == 0 else None)
         self.step = 0
         self._fingerprint = fingerprint({"fp": fingerprint_data, "seed": seed, "method": translator.name})
+        self._grads: distributed.GradientAverager | None = None  # created by the first distributed backward()
         self.on_step: Callable[[int], None] | None = None  # test hook (fault injection)
 
     # --- API used by translators ---------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        if self.world_size == 1:
+            loss.backward(**kwargs)
+            return
+        if self._grads is None:
+            self._grads = distributed.GradientAverager(self.translator)
+        self._grads.watch()
         loss.backward(**kwargs)
+        self._grads.reduce()
 
     def autocast(self):
         if self.dtype is None:
@@ -306,44 +358,85 @@ class Engine:
         }
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes; every rank must call this (it gathers the other ranks' RNG and extra state first)."""
         path = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{self.step:09d}.pt"
-        atomic_torch_save(self._state(), path)
-        for old in list_checkpoints(self.ckpt_dir)[:-self.settings.keep_checkpoints]:
-            old.unlink(missing_ok=True)
-        for stale in self.ckpt_dir.glob(".tmp-*"):  # a write killed mid-way leaves only a temporary file
-            stale.unlink(missing_ok=True)
+        per_rank = None
+        if self.world_size > 1:
+            per_rank = distributed.gather_objects(
+                {"rng": rng_state(), "extra": distributed.to_device(self.translator.extra_state(), "cpu")})
+        if self.rank == 0:
+            state = self._state()
+            if per_rank is not None:
+                state["ranks"] = {"world_size": self.world_size, "states": per_rank[1:]}
+            atomic_torch_save(state, path)
+            for old in list_checkpoints(self.ckpt_dir)[:-self.settings.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+            for stale in self.ckpt_dir.glob(".tmp-*"):  # a write killed mid-way leaves only a temporary file
+                stale.unlink(missing_ok=True)
+        distributed.barrier()
         return path
 
-    def try_resume(self) -> int:
-        """Load the newest readable checkpoint of this exact configuration; return its step (0 = fresh start)."""
+    def _read_newest(self) -> tuple[dict[str, Any] | None, Path | None]:
+        """The newest readable checkpoint of this exact configuration (None = fresh start); rank 0 only."""
         for stale in self.ckpt_dir.glob(".tmp-*") if self.ckpt_dir.is_dir() else []:
             stale.unlink(missing_ok=True)
         checkpoints = list_checkpoints(self.ckpt_dir)
+        # distributed: read on the CPU, then broadcast (a CUDA tensor pickled on rank 0 would land on cuda:0)
+        where = self.device if self.world_size == 1 else "cpu"
         for path in reversed(checkpoints):
             try:
-                state = safe_load(path, map_location=self.device)
+                state = safe_load(path, map_location=where)
             except Exception as exc:  # truncated or corrupt file: fall back to the previous one
                 warnings.warn(f"checkpoint {path} is unreadable ({type(exc).__name__}); trying the previous one",
-                              stacklevel=2)
+                              stacklevel=3)
                 continue
             if state.get("fingerprint") != self._fingerprint:
                 warnings.warn(f"checkpoints in {self.ckpt_dir} belong to another configuration; starting afresh",
-                              stacklevel=2)
+                              stacklevel=3)
                 for p in checkpoints:
                     p.unlink(missing_ok=True)
-                return 0
-            self.translator.load_state_dict(state["model"])
-            for k, opt in self.optimizers.items():
-                opt.load_state_dict(state["optimizers"][k])
-            for k, sched in self.schedulers.items():
-                sched.load_state_dict(state["schedulers"][k])
-            self.translator.load_extra_state(state.get("extra", {}))
-            set_rng_state(state["rng"])
-            self.step = int(state["step"])
+                return None, None
+            return state, path
+        return None, None
+
+    def try_resume(self) -> int:
+        """Load the newest readable checkpoint of this exact configuration; return its step (0 = fresh start).
+
+        Distributed: rank 0 chooses and reads the file and broadcasts its content (no shared file system needed);
+        each rank then restores its own RNG states and extra state from the checkpoint's "ranks" entry.
+        """
+        state, path = self._read_newest() if self.rank == 0 else (None, None)
+        state = distributed.broadcast_object(state)
+        if state is None:
+            return 0
+        self.translator.load_state_dict(state["model"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        self.step = int(state["step"])
+        rng, extra = state["rng"], state.get("extra", {})
+        ranks = state.get("ranks", {"world_size": 1, "states": []})
+        if ranks["world_size"] != self.world_size:  # exact resume needs the same number of processes
+            if self.rank == 0:
+                warnings.warn(f"{path} was written by {ranks['world_size']} process(es), this run has "
+                              f"{self.world_size}: ranks > 0 continue with rank 0's extra state and new random "
+                              "streams (resume is not bit-exact)", stacklevel=2)
+            if self.rank > 0:
+                rng = None
+        elif self.rank > 0:
+            rng, extra = ranks["states"][self.rank - 1]["rng"], ranks["states"][self.rank - 1]["extra"]
+        self.translator.load_extra_state(distributed.to_device(extra, self.device))
+        if rng is not None:
+            set_rng_state(distributed.to_device(rng, "cpu"))  # RNG states are CPU byte tensors
+        else:
+            seed_everything(int(np.random.SeedSequence([self.seed, self.rank, self.step]).generate_state(1)[0]))
+        if self.world_size > 1:
+            distributed.broadcast_module(self.translator)
+        if self.rank == 0:
             log.warning("resuming %s from checkpoint %s at step %d", self.label, path.name, self.step)
             print(f"[cxrbench] resuming {self.label} from {path} at step {self.step}", file=sys.stderr, flush=True)
-            return self.step
-        return 0
+        return self.step
 
     # --- the loop --------------------------------------------------------------------------------------------------
     def fit(self, images_a: np.ndarray, images_b: np.ndarray) -> dict[str, float]:
@@ -354,19 +447,21 @@ class Engine:
         t.to(self.device)
         if self.device.type == "cuda" and s.channels_last:
             t.to(memory_format=torch.channels_last)
+        distributed.broadcast_module(t)  # every rank starts from rank 0's weights (no-op in a single process)
         t.train()
         self.optimizers, self.schedulers = t.configure_optimizers(s.iterations)
-        seed_everything(self.seed, s.deterministic)
+        seed_everything(self.seed + self.rank, s.deterministic)  # per-rank streams; rank 0's = the 1-process one
         start = self.try_resume()
         self.loss_log.restore(start)
         if start == 0:
             self.loss_log.rows.clear()
             self.loss_log.flush()
-        data = UnpairedBatches(images_a, images_b, t.batch_size, t.image_size, s.crop_scale, s.hflip, self.seed)
+        data = UnpairedBatches(images_a, images_b, t.batch_size * self.world_size, t.image_size, s.crop_scale,
+                               s.hflip, self.seed, rank=self.rank, world_size=self.world_size)
         loader = batch_loader(data, start, s.iterations, s.num_workers, pin=self.device.type == "cuda")
         window: dict[str, list[float]] = {}
         last: dict[str, float] = {}
-        bar = _progress(total=s.iterations, initial=start, desc=self.label, enabled=s.progress)
+        bar = _progress(total=s.iterations, initial=start, desc=self.label, enabled=s.progress and self.rank == 0)
         t0, done0 = time.perf_counter(), start
         try:
             for step, (real_a, real_b) in zip(range(start, s.iterations), loader):
@@ -384,6 +479,8 @@ class Engine:
                     for sched in self.schedulers.values():
                         sched.step()
                 self.step = step + 1
+                if self.world_size > 1:  # global-batch losses; a NaN on any rank reaches every rank
+                    losses = distributed.mean_of_floats({k: float(v) for k, v in losses.items()})
                 for name, value in losses.items():
                     value = float(value)
                     if not np.isfinite(value):
@@ -413,9 +510,14 @@ class Engine:
             raise
         finally:
             bar.close()
-        if self.step >= s.iterations and (not list_checkpoints(self.ckpt_dir)
-                                          or not list_checkpoints(self.ckpt_dir)[-1].name.endswith(
-                                              f"{self.step:09d}.pt")):
+            if self._grads is not None:  # the translator outlives the engine: drop the gradient hooks
+                self._grads.close()
+                self._grads = None
+        final = None
+        if self.rank == 0:  # rank 0 owns the checkpoint folder (other hosts may not even see it)
+            newest = list_checkpoints(self.ckpt_dir)
+            final = self.step >= s.iterations and (not newest or not newest[-1].name.endswith(f"{self.step:09d}.pt"))
+        if distributed.broadcast_object(final):
             self.save_checkpoint()
         return last
 

@@ -8,7 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+def _project_root() -> Path:
+    """The checkout the pipeline works in: $CXRBENCH_ROOT, else the current folder when it is a cxrbench checkout
+    (so `dvc exp run --queue` copies and test copies write into themselves, not into the installed checkout), else
+    the folder this package lives in."""
+    if os.environ.get("CXRBENCH_ROOT"):
+        return Path(os.environ["CXRBENCH_ROOT"]).resolve()
+    cwd = Path.cwd()
+    if (cwd / "dvc.yaml").is_file() and (cwd / "pipeline" / "profiles").is_dir():
+        return cwd.resolve()
+    return Path(__file__).resolve().parent.parent
+
+
+PROJECT_ROOT = _project_root()
 
 _SWITCHES = {
     "HF_HUB_OFFLINE": "1",  # timm / smp pretrained lookups would retry for ~24 s and then fail

@@ -84,7 +84,8 @@ def package_dir(name: str) -> Path:
 
 def package_path(name: str) -> str:
     """The method's directory relative to the project root, as DVC stages name it (ours, baselines/cyclegan)."""
-    return package_dir(name).relative_to(PROJECT_ROOT).as_posix()
+    module = get(name).__module__
+    return f"baselines/{package_dir(name).name}" if module.startswith("baselines.") else package_dir(name).name
 
 
 def refresh() -> None:

@@ -55,7 +55,9 @@ def _retry(fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001  (mlflow raises many types for the same lock)
-            if "locked" not in str(exc).lower() or attempt == RETRIES - 1:
+            text = str(exc).lower()
+            transient = "locked" in text or "online migration expected" in text  # concurrent store creation
+            if not transient or attempt == RETRIES - 1:
                 raise
             time.sleep(0.5 * 2**attempt)
 
@@ -150,6 +152,8 @@ def _start(stage: str, model: str, seed: int | None, profile: str, experiment: s
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # its SQLAlchemy errors ("database is locked") come with full tracebacks; the one-line warning here says it
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

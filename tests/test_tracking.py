@@ -82,7 +82,8 @@ def test_training_stage_logs_params_and_metrics_to_a_server(tmp_path, mlflow_ser
     assert logged["train.iterations"] == str(params.train.iterations)
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
     assert "wall_s" in metrics and metrics["parameters"] > 0
-    assert any(k.startswith("loss") or k in ("G", "D", "g", "d") or "gan" in k.lower() for k in metrics), metrics
+    losses = set(metrics) - {"wall_s", "parameters", "it_per_s"} - {k for k in metrics if k.startswith("lr_")}
+    assert losses, metrics  # the method's own loss terms are logged
     assert runs[0]["info"]["status"] == "FINISHED"
     assert (tmp_path / "metrics" / "train" / "cyclegan.json").exists()
 

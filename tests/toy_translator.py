@@ -19,6 +19,7 @@ class ToyConfig:
     width: int = 4
     lr: float = 1e-2
     nan_at_step: int = -1  # inject a NaN loss at this step (fault tests)
+    stochastic: bool = True  # False: no input noise, no image pool: a step depends on the batch only (DDP tests)
 
 
 class ToyTranslator(Translator):
@@ -40,6 +41,8 @@ class ToyTranslator(Translator):
         return {"g": self.opt_g, "d": self.opt_d}, {"g": self.sched}
 
     def _pool_query(self, fake):
+        if not self.cfg.stochastic:
+            return fake.detach()
         if len(self.pool) < 4:
             self.pool.append(fake.detach().clone())
             return fake.detach()
@@ -50,7 +53,7 @@ class ToyTranslator(Translator):
         return fake.detach()
 
     def train_step(self, real_a, real_b, step, engine):
-        noise = 0.01 * torch.randn_like(real_a)
+        noise = 0.01 * torch.randn_like(real_a) if self.cfg.stochastic else 0.0
         fake_b = self.g(real_a + noise)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = ((self.d(fake_b) - 1) ** 2).mean() + (fake_b - real_a).abs().mean()

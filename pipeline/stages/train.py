@@ -1,10 +1,14 @@
-"""`train@<model>`: train one model for every seed (resumes automatically), export final weights."""
+"""`train@<model>`: train one model for every seed (resumes automatically), export final weights.
+
+Runs unchanged under torchrun (`torchrun --nproc_per_node N -m pipeline.cli train --model M`: one run across N
+processes, see pipeline/distributed.py): every rank trains, rank 0 alone logs to MLflow and writes files.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from pipeline import registry, tracking
+from pipeline import distributed, registry, tracking
 from pipeline.config import Params, to_plain
 from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything
 from pipeline.stages.common import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash, \
@@ -52,7 +56,9 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
     cfg = params.method_config(model)
     images_a, images_b, data_hash = load_training_images(layout.root)
     code_hash = source_hash(registry.package_dir(entry.method), Path(__file__).resolve().parents[1] / "engine.py")
-    summary = {"model": model, "method": entry.method, "iterations": params.train.iterations, "seeds": {}}
+    main = distributed.is_main_process()  # under torchrun: rank 0 alone logs and writes files
+    summary = {"model": model, "method": entry.method, "iterations": params.train.iterations,
+               "world_size": distributed.world_size(), "seeds": {}}
     for seed in seeds if seeds is not None else params.seeds:
         seed_everything(seed, params.train.deterministic)
         translator = build_translator(params, model)
@@ -63,8 +69,9 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
         with tracking.stage_run("train", model=model, seed=seed, profile=params.profile,
                                 params={"method": entry.method, "cfg": to_plain(cfg), "train": to_plain(params.train),
                                         "resolution": params.data.resolution},
-                                enabled=params.tracking.enabled, experiment=params.tracking.experiment,
-                                uri=params.tracking.uri) as run:
+                                enabled=params.tracking.enabled and main, experiment=params.tracking.experiment,
+                                uri=params.tracking.uri,
+                                extra_tags={"world_size": distributed.world_size()}) as run:
             engine = Engine(translator, engine_settings(params), layout.checkpoints(model, seed), seed,
                             curve_path=layout.curve(model, seed), tracker=run, fingerprint_data=fp,
                             label=f"{model}/seed{seed}")
@@ -76,14 +83,16 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
                          images_a, images_b, f"{model}/seed{seed}/pretrain")
             last = engine.fit(images_a, images_b)
             wall = time.perf_counter() - t0
-            export_weights(translator, layout.weights(model, seed),
-                           {"model": model, "method": entry.method, "seed": seed, "step": engine.step,
-                            "image_size": params.data.resolution, "has_mask": translator.has_mask,
-                            "config": to_plain(cfg), "profile": params.profile})
+            if main:
+                export_weights(translator, layout.weights(model, seed),
+                               {"model": model, "method": entry.method, "seed": seed, "step": engine.step,
+                                "image_size": params.data.resolution, "has_mask": translator.has_mask,
+                                "config": to_plain(cfg), "profile": params.profile})
             result = {"final_losses": last, "steps": engine.step, "wall_s": round(wall, 2),
                       "parameters": sum(p.numel() for p in translator.parameters())}
             run.log_metrics({"wall_s": wall, "parameters": result["parameters"]})
             run.log_artifact(layout.curve(model, seed))
         summary["seeds"][str(seed)] = result
-    write_json(layout.metrics("train", model), summary)
+    if main:
+        write_json(layout.metrics("train", model), summary)
     return summary
