@@ -1,44 +1,157 @@
-"""The `report` stage: tables (markdown + CSV) and figures in reports/, built only from DVC metric files."""
+"""The `report` stage (`cxrbench report`): reports/ from the DVC metric files, never from mlflow.db.
+
+    build_reports(params, root=None)   tables (markdown + CSV) in reports/tables/, figures (PNG) in reports/figures/,
+                                       the index reports/README.md; MLflow summary runs and one report run
+
+Tables: reports/tables.py (numbers from metrics/, published numbers from reports/paper_numbers.py). Figures:
+reports/figures.py (images from data/ and outputs/, segmenters from models/segmenters/, curves/). MLflow:
+reports/mlflow_summary.py. Partial inputs (a model not in this profile, a stage not run yet) never stop the stage:
+the row or panel says what is missing and how to get it.
+"""
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
-
-import pandas as pd
+from typing import Any
 
 from pipeline.config import Params
 from pipeline.offline import PROJECT_ROOT
+from reports import figures as figs
+from reports import tables as tabs
+from reports.inputs import ORIGINAL, Inputs
+
+TABLE_INDEX = {
+    "table1": "Paper Table 1: FID/KID of the opacity -> non-opacity translations (rsna_like) and lung segmentation "
+              "(mIoU Δ, mIoU, sensitivity; mean of the segmenters) on ards_like, rsna_like, jsrt_like; Original + "
+              "six methods.",
+    "table2": "Paper Table 2: opacity classifiers (ResNet50, MobileNet, EfficientNet, DenseNet) trained on Original "
+              "images, ours' Generated translations and ours' activation Masks; Acc, F1, Recall, Precision on "
+              "rsna_like and ARDS-like.",
+    "table3": "Paper Table 3: ablation of AASPM / FA / LCA / BAML (FID/KID on rsna_like).",
+    "table_segmenters": "Supplementary: segmentation per segmenter (PSPNet, U-Net, CE-Net, VGG16-BN U-Net) and set.",
+    "table_paired": "Beyond the paper (DRR only): PSNR/SSIM vs the clean twin (whole / lung), residual opacity "
+                    "before/after, activation-mask AUROC / IoU vs the true opacity, change on normal images.",
+    "table_lesions": "Figure 6 data: YOLOv5 detections per image before/after translation, Wilcoxon p-values.",
+    "training": "Training summary: steps, wall time, parameters, final losses per model and seed.",
+}
+FIGURE_INDEX = {
+    "figure3_qualitative.png": "Paper Figure 3: rsna_like opacity test images (rows) and their translations by "
+                               "each method (columns: Original, Ours, MUNIT, UNIT, DRIT++, CycleGAN, UVCGAN).",
+    "figure4_segmentation.png": "Paper Figure 4: expert lung mask, opacity image + its segmentation, translated "
+                                "image (ours) + its segmentation, with per-image mIoU / sensitivity.",
+    "figure5_masks.png": "Paper Figure 5: opacity images, ours' activation masks (true DRR opacity outlined), "
+                         "translations.",
+    "figure6_lesions.png": "Paper Figure 6: box plots of lesion detections per image, original vs translated, "
+                           "rsna_like and ards_like, with one-sided Wilcoxon p-values.",
+    "training_curves.png": "Training losses of every model (curves/<model>/seed<k>.csv).",
+}
+STAGES = ("train", "translate", "fidkid", "segment", "lesions", "paired", "classifiers")
 
 
-def _read_metrics(folder: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+def coverage(inp: Inputs) -> list[str]:
+    """A markdown table: which metric files exist for each model of the profile."""
+    head = "| Model | " + " | ".join(STAGES) + " |"
+    lines = [head, "|---|" + "---|" * len(STAGES)]
+    for model in [ORIGINAL] + inp.models:
+        cells = []
+        for stage in STAGES:
+            if model == ORIGINAL and stage in ("train", "translate"):
+                cells.append("")
+            elif stage == "classifiers" and model not in (ORIGINAL, *inp.params.eval.classify_models):
+                cells.append("")
+            else:
+                cells.append("✓" if inp.path(stage, model).is_file() else "missing")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
-def training_table(params: Params, root: Path) -> pd.DataFrame:
-    train = _read_metrics(root / "metrics" / "train")
-    rows = []
-    for model, entry in params.models.items():
-        summary = train.get(model)
-        if summary is None:
-            continue
-        for seed, result in summary["seeds"].items():
-            rows.append({"model": model, "method": entry.method, "seed": int(seed), "steps": result["steps"],
-                         "wall_s": result["wall_s"], "parameters": result["parameters"],
-                         **{f"loss_{k}": round(v, 4) for k, v in sorted(result["final_losses"].items())}})
-    return pd.DataFrame(rows)
+def mlflow_lines(params: Params) -> list[str]:
+    from pipeline.tracking import tracking_uri
+
+    tr = params.tracking
+    off = ([] if tr.enabled else
+           ["**MLflow tracking is off in this profile** (`tracking.enabled: false`): no summary or report runs were "
+            "logged by this build; the tables above are complete without them. With tracking on:", ""])
+    return off + [f"`make ui` serves the MLflow UI on http://127.0.0.1:5000 (store: `{tracking_uri(tr.uri)}`, "
+                  f"experiment `{tr.experiment}`).",
+            "- Summary runs (one per model and seed, the Original row as model `original`): filter "
+            "`tags.stage = 'summary'`, select runs, *Compare*: metrics are named like Table 1's CSV columns "
+            "(`fid_cxr_densenet`, `kid_cxr_densenet`, `rsna_like_miou`, `rsna_like_miou_delta`, "
+            "`rsna_like_sensitivity`, ...; segmentation in %), then `seg_*`, `lesions_*`, `paired_*`, `cls_*`.",
+            "- The report run (`tags.stage = 'report'`) holds these tables and figures as artifacts.",
+            "- The numbers here come from the DVC metric files (`dvc metrics show`); MLflow is a view of them."]
 
 
-def write_table(df: pd.DataFrame, out: Path, title: str, note: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out.with_suffix(".csv"), index=False)
-    body = df.to_markdown(index=False) if len(df) else "_no rows_"
-    out.with_suffix(".md").write_text(f"# {title}\n\n{note}\n\n{body}\n")
+def write_index(inp: Inputs, reports: Path, tables: list[tabs.Table], figures: dict[str, Path],
+                problems: list[str]) -> Path:
+    ev = inp.params.eval
+    lines = ["# cxrbench reports", "",
+             f"Written by `cxrbench report` (the DVC stage `report`) from the metric files under `metrics/` (never "
+             f"from mlflow.db). Profile `{inp.profile}`, seeds {inp.seeds()}, models: "
+             + ", ".join(f"`{m}`" for m in inp.models) + ".", "",
+             f"- {tabs.data_description(inp)}",
+             f"- Evaluation cap: {ev.max_images or 'all'} images per domain of each evaluation set "
+             "(`eval.max_images`); N of each table is stated in it.",
+             *[f"- {line}" for line in tabs.fid_notes(inp)[:-1]],
+             "- Every table shows this run's numbers and, in a second block, the paper's published numbers. The data "
+             "differ from the paper's (unless real datasets were plugged in), so the numbers are not expected to "
+             "match; the layout and the direction of the comparisons are what to check.", "",
+             "## Tables", "", "| Table | What it shows | Files |", "|---|---|---|"]
+    for t in tables:
+        lines.append(f"| {t.title.split(':')[0]} | {TABLE_INDEX.get(t.name, t.title)} | "
+                     f"[md](tables/{t.name}.md), [csv](tables/{t.name}.csv) |")
+    lines += ["", "## Figures", ""]
+    for name, path in figures.items():
+        lines += [f"### {name}", "", FIGURE_INDEX.get(name, ""), "", f"![{name}](figures/{name})", ""]
+    if (reports / "figures" / "data_samples.png").is_file():
+        lines += ["### data_samples.png", "", "Samples of the three datasets (written by the `data` stage).", "",
+                  "![data samples](figures/data_samples.png)", ""]
+    lines += ["## Which metric files this report found", "", *coverage(inp), "",
+              "A missing file: run `dvc repro` (or the stage named in the table's Status column).", "",
+              "## MLflow", "", *mlflow_lines(inp.params), ""]
+    if problems:
+        lines += ["## Problems while building this report", "", *[f"- {p}" for p in problems], ""]
+    path = reports / "README.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
-def build_reports(params: Params, root: Path | None = None) -> None:
+def _placeholder(path: Path, text: str) -> Path:
+    plt = figs._plt()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    figs._note(ax, text, 80)
+    return figs._save(fig, path)
+
+
+def build_reports(params: Params, root: Path | None = None) -> dict[str, Any]:
+    """Write reports/ under `root` (default: the project) and log the MLflow summary; returns what was written."""
     root = Path(root) if root else PROJECT_ROOT
     reports = root / "reports"
-    note = f"Profile `{params.profile}`, seeds {params.seeds}, training dataset `data/drr`."
-    write_table(training_table(params, root), reports / "tables" / "training.md", "Training summary", note)
-    index = ["# cxrbench reports", "", note, "", "- [Training summary](tables/training.md)", ""]
-    (reports / "README.md").write_text("\n".join(index))
+    inp = Inputs(params, root)
+    tables = tabs.all_tables(inp)
+    files: list[Path] = []
+    for t in tables:
+        files += list(t.write(reports / "tables"))
+    problems: list[str] = []
+    written: dict[str, Path] = {}
+    for name, fn in figs.FIGURES.items():
+        try:
+            written[name] = fn(inp, reports / "figures" / name)
+        except Exception as exc:  # noqa: BLE001  (a figure bug must not hide the tables; it is reported)
+            msg = f"figures/{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            problems.append(msg)
+            warnings.warn(f"report: {msg}", stacklevel=2)
+            written[name] = _placeholder(reports / "figures" / name, f"This figure failed: {msg}")
+    files += list(written.values())
+    files.append(write_index(inp, reports, tables, written, problems))
+    logged = []
+    if params.tracking.enabled:
+        from reports.mlflow_summary import log_report_run, log_summary_runs
+
+        logged = log_summary_runs(inp)
+        log_report_run(inp, files, reports)
+    print(f"report: {len(tables)} tables, {len(written)} figures and the index in {reports}"
+          + (f"; {len(logged)} MLflow summary runs" if params.tracking.enabled else "; MLflow off")
+          + (f"; PROBLEMS: {'; '.join(problems)}" if problems else ""))
+    return {"tables": [t.name for t in tables], "figures": list(written), "files": [str(f) for f in files],
+            "problems": problems, "summary_runs": logged}

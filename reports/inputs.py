@@ -1,0 +1,131 @@
+"""What the report reads: the DVC metric files under metrics/ (never mlflow.db), with a reason for every gap.
+
+A model's numbers are used only when the model is in this profile's `models` (a metric file left over from another
+profile is not this run's result). Every gap has a one-line reason that the tables print instead of a number:
+"not run in profile ci" (the model is not configured) or "missing metrics/fidkid/munit.json: run `dvc repro
+evaluate@munit`" (configured, not evaluated yet).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.errors import CxrbenchError
+
+ORIGINAL = "original"  # the untranslated rows (eval.sets.ORIGINAL)
+STAGE_OF = {"fidkid": "evaluate", "segment": "evaluate", "lesions": "evaluate", "paired": "evaluate",
+            "classifiers": "classifiers", "train": "train", "translate": "translate"}
+
+
+class ReportError(CxrbenchError):
+    """A metric file that exists but cannot be read (one line: the file and the fix)."""
+
+
+def dig(d: Any, *keys: Any) -> Any:
+    """d[k1][k2]... or None where any level is missing (metric files omit what was not measured)."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def display_seeds(seeds: Any) -> str:
+    return ", ".join(str(s) for s in seeds) if seeds else "-"
+
+
+class Inputs:
+    """Metric files of one project root, read once, with the profile's model list."""
+
+    def __init__(self, params: Params, root: Path):
+        self.params, self.root = params, Path(root)
+        self.profile = params.profile
+        self._cache: dict[tuple[str, str], dict | None] = {}
+
+    # --- files -----------------------------------------------------------------------------------------------------
+    def path(self, stage: str, name: str) -> Path:
+        return self.root / "metrics" / stage / f"{name}.json"
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def read(self, stage: str, name: str) -> dict | None:
+        key = (stage, name)
+        if key not in self._cache:
+            p = self.path(stage, name)
+            if not p.is_file():
+                self._cache[key] = None
+            else:
+                try:
+                    self._cache[key] = json.loads(p.read_text())
+                except (OSError, ValueError) as exc:
+                    raise ReportError(f"{self.rel(p)}: not readable JSON ({exc}); rerun `dvc repro "
+                                      f"{self.repro_target(stage, name)}`") from None
+        return self._cache[key]
+
+    def repro_target(self, stage: str, name: str) -> str:
+        dvc_stage = STAGE_OF.get(stage, stage)
+        if dvc_stage == "evaluate":
+            return "evaluate_original" if name == ORIGINAL else f"evaluate@{name}"
+        if dvc_stage == "classifiers":
+            return "classifiers"
+        return f"{dvc_stage}@{name}"
+
+    # --- models ----------------------------------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        return list(self.params.models)
+
+    def in_profile(self, model: str) -> bool:
+        return model == ORIGINAL or model in self.params.models
+
+    def not_run(self) -> str:
+        return f"not run in profile {self.profile}"
+
+    def get(self, stage: str, model: str) -> tuple[dict | None, str]:
+        """(metric JSON, "ok") or (None, the reason it is absent)."""
+        if not self.in_profile(model):
+            return None, self.not_run()
+        data = self.read(stage, model)
+        if data is None:
+            return None, (f"missing {self.rel(self.path(stage, model))}: run `dvc repro "
+                          f"{self.repro_target(stage, model)}`")
+        return data, "ok"
+
+    def description(self, model: str) -> str:
+        entry = self.params.models.get(model)
+        return entry.description if entry is not None and entry.description else model
+
+    # --- the settings every table states ---------------------------------------------------------------------------
+    def seeds(self) -> list[int]:
+        return list(self.params.seeds)
+
+    def first_seed(self) -> int:
+        return self.params.seeds[0]
+
+    def fid_spaces(self) -> list[str]:
+        return list(self.params.eval.fid_extractors)
+
+    def fid_space_status(self) -> dict[str, dict[str, Any]]:
+        """{space: {"status": ok|unavailable|unknown, "how_to_fix": ..., "n_generated", "n_reference"}} from the first
+        fidkid file that mentions it (the reference set and weights are the same for every model)."""
+        out: dict[str, dict[str, Any]] = {}
+        names = [ORIGINAL] + self.models
+        for space in self.fid_spaces():
+            out[space] = {"status": "unknown", "how_to_fix": "no metrics/fidkid/*.json yet: run `dvc repro`"}
+            for name in names:
+                data, _ = self.get("fidkid", name)
+                entry = dig(data, "extractors", space)
+                if entry is None:
+                    continue
+                out[space] = {"status": entry.get("status", "unknown"), "how_to_fix": entry.get("how_to_fix", ""),
+                              "n_generated": data.get("n_generated"), "n_reference": data.get("n_reference"),
+                              "weights_sha256": entry.get("weights_sha256"),
+                              "canonical_weights": entry.get("canonical_weights")}
+                break
+        return out

@@ -1,0 +1,663 @@
+"""The paper's tables (and the supplementary ones) from the metric files, as markdown + CSV.
+
+Every table has two blocks: "This run" (the numbers of the metric files, mean +- std over seeds) and "Paper" (the
+published numbers of paper.md, or a line saying the paper publishes none). The CSV holds both, told apart by its
+`source` column ("this run" / "paper"), at full precision; the markdown rounds. A row whose inputs are absent keeps
+its place with empty numbers and a `status` that says why ("not run in profile ci", "missing metrics/...: run ...",
+"n/a: the model has no activation masks"); nothing is ever filled in.
+
+Units: FID and KID raw; mIoU, sensitivity and their deltas in % (as the paper prints them); classifier scores in
+[0, 1]; PSNR in dB; SSIM, residual opacity and change in [0, 1] intensity units.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reports import paper_numbers as paper
+from reports.inputs import ORIGINAL, Inputs, dig, display_seeds
+
+SET_NAMES = {"rsna_like": "RSNA-like", "ards_like": "ARDS-like", "jsrt_like": "JSRT-like", "ards": "ARDS-like"}
+CLASSIFIER_NAMES = dict((arch, name) for name, arch in paper.CLASSIFIER_ROWS)
+SEGMENTER_NAMES = {"pspnet": "PSPNet", "unet": "U-Net", "cenet": "CE-Net", "vgg16bn_unet": "VGG16-BN U-Net",
+                   "mean": "mean of the segmenters"}
+TABLE2_MODEL = "ours"  # Table 2 is about the proposed method's translations and masks
+ABLATIONS = tuple(r[0] for r in paper.TABLE3_ROWS if r[0] != "ours")
+
+
+def space_key(space: str) -> str:
+    """Feature-space name -> column-name part: "cxr-densenet" -> "cxr_densenet"."""
+    return space.replace("-", "_")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A table: columns, rows of this run, rows of the paper; written as CSV + markdown
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Column:
+    key: str  # the CSV column (and the MLflow metric name where the table is Table 1)
+    header: str  # the markdown header
+    fmt: str = "text"  # text | fid | kid | pct | delta | score | db | unit | ratio | p | count | int | check
+    std: bool = False  # a `<key>_std` column (std over seeds) exists; markdown shows "mean ± std"
+
+
+@dataclass
+class Table:
+    name: str  # file stem under reports/tables/
+    title: str
+    notes: list[str]  # profile, data, N, seeds, feature spaces
+    columns: list[Column]
+    rows: list[dict[str, Any]]  # this run: CSV values (+ "_text": {key: markdown text replacing the number})
+    paper_columns: list[Column] = field(default_factory=list)
+    paper_rows: list[dict[str, Any]] = field(default_factory=list)
+    paper_note: str = ""
+
+    def csv_columns(self) -> list[str]:
+        cols = ["source"]
+        for c in self.columns + self.paper_columns:
+            for k in (c.key, f"{c.key}_std") if c.std else (c.key,):
+                if k not in cols:
+                    cols.append(k)
+        for r in self.rows + self.paper_rows:
+            cols += [k for k in r if not k.startswith("_") and k not in cols]
+        return cols
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        cols = self.csv_columns()
+        csv_path, md_path = folder / f"{self.name}.csv", folder / f"{self.name}.md"
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for source, rows in (("this run", self.rows), ("paper", self.paper_rows)):
+                for r in rows:
+                    w.writerow({k: _csv_value(v) for k, v in {**r, "source": source}.items() if not k.startswith("_")})
+        lines = [f"# {self.title}", "", *[f"- {n}" for n in self.notes], "", "## This run", "",
+                 markdown(self.columns, self.rows)]
+        lines += ["", "## Paper (published numbers, paper.md)", ""]
+        if self.paper_note:
+            lines += [self.paper_note, ""]
+        if self.paper_rows:
+            lines.append(markdown(self.paper_columns, self.paper_rows))
+        md_path.write_text("\n".join(lines).rstrip() + "\n")
+        return md_path, csv_path
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return repr(v) if isinstance(v, float) else v  # full precision: the CSV must equal the metric files
+
+
+def fmt_number(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if fmt == "check":
+        return "✓" if v else "✗"
+    if not isinstance(v, (int, float)):
+        return str(v)
+    if fmt in ("fid", "kid"):  # feature spaces differ by orders of magnitude: keep 2-3 significant digits
+        return adaptive(v, 2 if fmt == "fid" else 5)
+    spec = {"pct": ".2f", "delta": "+.2f", "score": ".4f", "db": ".2f", "unit": ".4f", "ratio": ".3f",
+            "count": ".2f", "int": ".0f", "p": ".3g"}.get(fmt)
+    return format(v, spec) if spec else str(v)
+
+
+def adaptive(v: float, decimals: int) -> str:
+    """Fixed `decimals` while that keeps two significant digits, else two significant digits (0.0032, 3.2e-06)."""
+    if abs(v) >= 1e5:
+        return f"{v:.4g}"
+    if v == 0 or abs(v) >= 10 ** -(decimals - 1):
+        return f"{v:.{decimals}f}"
+    return f"{v:.2g}"
+
+
+def cell(row: dict[str, Any], col: Column) -> str:
+    text = row.get("_text", {})
+    if col.key in text:
+        return text[col.key]
+    v = row.get(col.key)
+    out = fmt_number(v, col.fmt) if col.fmt != "text" else ("" if v is None else str(v))
+    if col.fmt == "kid" and v is not None and row.get(f"{col.key}_subset_std") is not None:
+        out += f" ({adaptive(row[f'{col.key}_subset_std'], 4)})"  # the paper's bracket: std over KID subsets
+    std = row.get(f"{col.key}_std") if col.std else None
+    if std is not None and v is not None:
+        out += f" ± {fmt_number(std, col.fmt).lstrip('+')}"
+    return out
+
+
+def markdown(columns: list[Column], rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_no rows_"
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    out = ["| " + " | ".join(esc(c.header) for c in columns) + " |",
+           "|" + "|".join({"text": "---", "check": ":---:"}.get(c.fmt, "---:") for c in columns) + "|"]
+    out += ["| " + " | ".join(esc(cell(r, c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _join(reasons: list[str]) -> str:
+    uniq = [r for i, r in enumerate(reasons) if r != "ok" and r not in reasons[:i]]
+    return "; ".join(uniq) if uniq else "ok"
+
+
+def _mean_std(avg: Any, scale: float = 1.0) -> tuple[float | None, float | None]:
+    """{"mean", "std", "n"} (eval.stats.mean_std) -> (mean, std) scaled; None where absent."""
+    if not isinstance(avg, dict):
+        return None, None
+    m, s = avg.get("mean"), avg.get("std")
+    return (None if m is None else m * scale), (None if s is None else s * scale)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Notes every table carries
+# --------------------------------------------------------------------------------------------------------------------
+def data_description(inp: Inputs) -> str:
+    import json
+
+    source = getattr(inp.params.data, "source", "drr")
+    summary = inp.root / "data" / "summary.json"
+    if summary.is_file():
+        try:
+            source = json.loads(summary.read_text()).get("source", source)
+        except ValueError:
+            pass
+    what = ("the DRR benchmark rendered from a chest CT (synthetic; not the paper's RSNA / MIMIC / JSRT images)"
+            if source == "drr" else f"real data from adapter `{source}`")
+    return (f"Data: {what}: `data/drr` (training; its test split = rsna_like), `data/ards-like` (ards_like), "
+            f"`data/jsrt-like` (jsrt_like), {inp.params.data.resolution} px.")
+
+
+def common_notes(inp: Inputs) -> list[str]:
+    return [f"Profile `{inp.profile}`; seeds {inp.seeds()} (one trained model per seed; \"± s\" = sample std over "
+            "seeds, shown only with two or more seeds).", data_description(inp)]
+
+
+def fid_notes(inp: Inputs) -> list[str]:
+    lines = []
+    for space, st in inp.fid_space_status().items():
+        if st["status"] == "ok":
+            extra = ("the prior's pooled DenseNet-121 features: comparable between runs with the same prior file only, "
+                     "not with the paper" if space == "cxr-densenet" else
+                     "torch-fidelity inception-v3-compat pool3: the paper's feature space"
+                     + ("" if st.get("canonical_weights") in (True, None) else " (NON-canonical weights file)"))
+            lines.append(f"FID/KID feature space `{space}`: available ({extra}); N = {st.get('n_generated')} "
+                         f"translated opacity test images (rsna_like) vs {st.get('n_reference')} real normal test "
+                         "images.")
+        else:
+            lines.append(f"FID/KID feature space `{space}`: **{st['status']}**: {st.get('how_to_fix', '')}")
+    lines.append("KID cells: mean over seeds (torch-fidelity's std over KID subsets in brackets, as the paper prints "
+                 "it) ± std over seeds.")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Table 1: FID/KID and lung segmentation (mean of the segmenters) per evaluation set
+# --------------------------------------------------------------------------------------------------------------------
+def table1_models(inp: Inputs) -> list[tuple[str, str]]:
+    """The paper's seven rows, then any other (non-ablation) model of this profile (e.g. a new baseline)."""
+    rows = list(paper.TABLE1_ROWS)
+    known = {m for _, m in rows} | set(ABLATIONS)
+    rows += [(inp.description(m), m) for m in inp.models if m not in known]
+    return rows
+
+
+def fid_cells(inp: Inputs, model: str) -> tuple[dict[str, Any], str]:
+    """FID/KID columns of one model (mean, seed std, KID subset std per feature space) and their status."""
+    data, status = inp.get("fidkid", model)
+    row: dict[str, Any] = {"_text": {}}
+    for space in inp.fid_spaces():
+        k = space_key(space)
+        entry = dig(data, "extractors", space)
+        if data is None or entry is None:
+            row[f"{k}_status"] = status if data is None else f"no {space} entry in {inp.rel(inp.path('fidkid', model))}"
+            continue
+        row[f"{k}_status"] = entry.get("status", "unknown")
+        if entry.get("status") != "ok":
+            row["_text"][f"fid_{k}"] = row["_text"][f"kid_{k}"] = entry.get("status", "unknown")
+            continue
+        row[f"fid_{k}"], row[f"fid_{k}_std"] = _mean_std(dig(entry, "avg", "fid"))
+        row[f"kid_{k}"], row[f"kid_{k}_std"] = _mean_std(dig(entry, "avg", "kid_mean"))
+        row[f"kid_{k}_subset_std"] = _mean_std(dig(entry, "avg", "kid_std"))[0]
+    if data is not None:
+        row["fid_n_generated"], row["fid_n_reference"] = data.get("n_generated"), data.get("n_reference")
+    return row, status
+
+
+def seg_cells(inp: Inputs, model: str) -> tuple[dict[str, Any], str]:
+    """mIoU delta, mIoU and sensitivity (in %, mean of the segmenters) per evaluation set."""
+    data, status = inp.get("segment", model)
+    row: dict[str, Any] = {"_text": {}}
+    for s in paper.SEG_SETS:
+        entry = dig(data, "sets", s)
+        if entry is None:
+            if data is not None:
+                row["_text"].update({f"{s}_{x}": "no set" for x in ("miou_delta", "miou", "sensitivity")})
+            continue
+        row[f"{s}_n"] = entry.get("n")
+        mean = entry.get("mean", {})
+        if model == ORIGINAL:
+            row[f"{s}_miou"] = None if dig(mean, "original", "miou") is None else mean["original"]["miou"] * 100
+            sens = dig(mean, "original", "sensitivity")
+            row[f"{s}_sensitivity"] = None if sens is None else sens * 100
+            row["_text"][f"{s}_miou_delta"] = ""
+        else:
+            row[f"{s}_miou_delta"], row[f"{s}_miou_delta_std"] = _mean_std(dig(mean, "avg", "delta_miou"), 100)
+            row[f"{s}_miou"], row[f"{s}_miou_std"] = _mean_std(dig(mean, "avg", "miou"), 100)
+            row[f"{s}_sensitivity"], row[f"{s}_sensitivity_std"] = _mean_std(dig(mean, "avg", "sensitivity"), 100)
+    return row, status
+
+
+def n_line(rows: list[dict[str, Any]]) -> str:
+    """"ards_like 93, rsna_like 40, ..." from the rows' <set>_n values (several values if files disagree)."""
+    ns: dict[str, set] = {}
+    for r in rows:
+        for s in paper.SEG_SETS:
+            if r.get(f"{s}_n") is not None:
+                ns.setdefault(s, set()).add(r[f"{s}_n"])
+    return ", ".join(f"{s} {'/'.join(str(x) for x in sorted(ns[s]))}" for s in paper.SEG_SETS if s in ns)
+
+
+def _seeds_of(*datas: Any) -> str:
+    for d in datas:
+        if isinstance(d, dict) and d.get("seeds"):
+            return display_seeds(d["seeds"])
+    return "-"
+
+
+def table1(inp: Inputs) -> Table:
+    spaces = inp.fid_spaces()
+    cols = [Column("row", "Model")]
+    for space in spaces:
+        k = space_key(space)
+        cols += [Column(f"fid_{k}", f"Avg. FID ↓ ({space})", "fid", std=True),
+                 Column(f"kid_{k}", f"Avg. KID ↓ ({space})", "kid", std=True)]
+    for s in paper.SEG_SETS:
+        cols += [Column(f"{s}_miou_delta", f"{SET_NAMES[s]} mIoU Δ", "delta", std=True),
+                 Column(f"{s}_miou", f"{SET_NAMES[s]} mIoU ↑", "pct", std=True),
+                 Column(f"{s}_sensitivity", f"{SET_NAMES[s]} Sens. ↑", "pct", std=True)]
+    cols += [Column("seeds", "Seeds"), Column("status", "Status")]
+    rows = []
+    for display, model in table1_models(inp):
+        f, fs = fid_cells(inp, model)
+        g, gs = seg_cells(inp, model)
+        seeds = "-"
+        if model != ORIGINAL and inp.in_profile(model):
+            seeds = _seeds_of(inp.read("fidkid", model), inp.read("segment", model))
+        row = {"row": display, "model": model, **f, **g, "_text": {**f["_text"], **g["_text"]}, "seeds": seeds,
+               "status": _join([fs, gs])}
+        rows.append(row)
+    pcols = [Column("row", "Model"), Column("fid_inception", "Avg. FID ↓", "fid"),
+             Column("kid_inception", "Avg. KID ↓", "kid")]
+    for s in paper.SEG_SETS:
+        n = paper.PAPER_SET_NAMES[s]
+        pcols += [Column(f"{s}_miou_delta", f"{n} mIoU Δ", "delta"), Column(f"{s}_miou", f"{n} mIoU ↑", "pct"),
+                  Column(f"{s}_sensitivity", f"{n} Sens. ↑", "pct")]
+    prows = []
+    for display, model in paper.TABLE1_ROWS:
+        p = paper.TABLE1[model]
+        prow = {"row": display, "model": model, "fid_inception": p["fid"], "kid_inception": p["kid"],
+                "kid_inception_subset_std": p["kid_subset_std"], "status": "published",
+                **{k: v for k, v in p.items() if k.startswith(paper.SEG_SETS)}}
+        if model == ORIGINAL:
+            prow["_text"] = {f"{s}_miou_delta": "" for s in paper.SEG_SETS}
+        prows.append(prow)
+    seg_n = n_line(rows)
+    notes = common_notes(inp) + fid_notes(inp) + [
+        "Segmentation: mIoU over {background, lung} and lung sensitivity, in %, averaged over the segmenters "
+        f"{', '.join(inp.params.eval.segmenters)} (per-segmenter numbers: table_segmenters.md); Δ = translated - "
+        "original per seed. Scored images: the opacity images of rsna_like and ards_like, all (normal) jsrt_like "
+        f"images; N = {seg_n or 'unknown (no segment metrics yet)'}.",
+        "Columns in the paper's order: ARDS-like = the paper's MIMIC_seg, RSNA-like = RSNA_seg, JSRT-like = JSRT_seg."]
+    return Table("table1", "Table 1: unpaired translation (FID/KID) and lung segmentation before/after translation",
+                 notes, cols, rows, pcols, prows,
+                 paper_note=("Paper Table 1: Inception FID/KID on the real RSNA test set; segmentation on MIMIC_seg "
+                             "(93 ARDS CXRs), RSNA_seg, JSRT (247 CXRs); mean of PSPNet, U-Net, CE-Net, VGG; "
+                             "seeds and N of FID not stated. Different data: the numbers are not expected to match, "
+                             "the layout is."))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Table 2: classifiers on Original / Generated / Mask
+# --------------------------------------------------------------------------------------------------------------------
+def table2(inp: Inputs) -> Table:
+    ev = inp.params.eval
+    archs = [a for _, a in paper.CLASSIFIER_ROWS] + [a for a in ev.classifiers if a not in CLASSIFIER_NAMES]
+    models = [TABLE2_MODEL] + [m for m in ev.classify_models if m != TABLE2_MODEL]
+    original, ostatus = inp.get("classifiers", ORIGINAL)
+    rows = []
+    for arch in archs:
+        for model in models:
+            for kind in paper.DATA_TYPES:
+                if kind == "Original" and model != TABLE2_MODEL:
+                    continue  # Original classifiers do not depend on the model
+                label = kind if model == TABLE2_MODEL else f"{kind} ({model})"
+                row: dict[str, Any] = {"classifier": CLASSIFIER_NAMES.get(arch, arch), "arch": arch,
+                                       "data_type": label, "model": "" if kind == "Original" else model, "_text": {}}
+                if arch not in ev.classifiers:
+                    row["status"] = f"{inp.not_run()} (not in eval.classifiers)"
+                elif kind == "Original":
+                    row["seeds"] = "-"
+                    row["status"] = ostatus
+                    for test, _ in paper.CLASSIFIER_TESTS:
+                        for sc in paper.SCORES:
+                            row[f"{test}_{sc}"] = dig(original, "results", arch, test, sc)
+                        row[f"{test}_n"] = dig(original, "results", arch, test, "n")
+                else:
+                    res, status = inp.get("classifiers", model)
+                    if model not in ev.classify_models and inp.in_profile(model):
+                        status = f"{inp.not_run()} (not in eval.classify_models)"
+                        res = None
+                    row["seeds"] = display_seeds(list(res.get("seeds", {}))) if res else "-"
+                    avg = dig(res, "avg", kind)
+                    if res is not None and avg is not None and avg.get("status") != "ok":
+                        status = f"n/a: {avg.get('reason', '')}".rstrip(": ")
+                        row["_text"] = {f"{t}_{sc}": "n/a" for t, _ in paper.CLASSIFIER_TESTS for sc in paper.SCORES}
+                    elif res is not None:
+                        for test, _ in paper.CLASSIFIER_TESTS:
+                            for sc in paper.SCORES:
+                                row[f"{test}_{sc}"], row[f"{test}_{sc}_std"] = _mean_std(
+                                    dig(avg, "results", arch, test, sc))
+                    row["status"] = status
+                rows.append(row)
+    cols = [Column("classifier", "Classifier"), Column("data_type", "Data type")]
+    for test, _ in paper.CLASSIFIER_TESTS:
+        n = SET_NAMES[test]
+        cols += [Column(f"{test}_{sc}", f"{n} {h}", "score", std=True)
+                 for sc, h in zip(paper.SCORES, ("Acc.", "F1", "Recall", "Precision"))]
+    cols += [Column("seeds", "Seeds"), Column("status", "Status")]
+    pcols = [Column("classifier", "Model"), Column("data_type", "Data type")]
+    for test, pname in paper.CLASSIFIER_TESTS:
+        pcols += [Column(f"{test}_{sc}", f"{pname} {h}", "score")
+                  for sc, h in zip(paper.SCORES, ("Acc.", "F1", "Recall", "Precision"))]
+    prows = []
+    for name, arch in paper.CLASSIFIER_ROWS:
+        for kind in paper.DATA_TYPES:
+            p = paper.TABLE2[(arch, kind)]
+            prows.append({"classifier": name, "arch": arch, "data_type": kind, "status": "published", **p,
+                          "_text": {k: "-" for k, v in p.items() if v is None}})
+    tests = dig(original, "settings", "test_sets") or {}
+    n_line = "; ".join(f"{SET_NAMES.get(t, t)}: N = {v.get('n')} ({v.get('n_positive')} opacity)"
+                       for t, v in tests.items()) or "unknown (no classifier metrics yet)"
+    settings = dig(original, "settings") or {}
+    notes = common_notes(inp) + [
+        f"Binary opacity classifiers (timm, from scratch): {', '.join(ev.classifiers)}; "
+        f"{settings.get('iterations', ev.cls_iterations)} iterations x batch "
+        f"{settings.get('batch_size', ev.cls_batch_size)}, "
+        f"seed {settings.get('seed', ev.seed)}. Trained on the data/drr training split: Original = real images, "
+        f"Generated = {TABLE2_MODEL}'s translations in both directions (labelled by target domain), Mask = "
+        f"{TABLE2_MODEL}'s activation masks. Scores of the opacity class.",
+        f"Test sets: {n_line}. ARDS-like = ards_like images (positives) vs the {ev.ards_negatives} test normals: "
+        "they differ in more than opacity (AP geometry, devices), as the paper's MIMIC-ARDS task does.",
+        "Generated and Mask rows: mean ± std over the translation seeds; Original: one classifier (no seeds)."]
+    return Table("table2", "Table 2: opacity classifiers trained on Original images, Generated translations and "
+                 "activation Masks", notes, cols, rows, pcols, prows,
+                 paper_note=("Paper Table 2: RSNA and MIMIC-ARDS (1392 CXRs); '-' = not reported. Different data "
+                             "and training budgets: the numbers are not expected to match, the layout is."))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Table 3: the ablation
+# --------------------------------------------------------------------------------------------------------------------
+COMPONENT_HEADERS = ("AASPM", "FA", "LCA", "BAML")
+
+
+def configured_switches(inp: Inputs, model: str) -> dict[str, bool] | None:
+    """The component switches of a variant of ours as params.yaml configures it (defaults: all on)."""
+    entry = inp.params.models.get(model)
+    if entry is None:
+        return None
+    base = {c: True for c in paper.TABLE3_COMPONENTS}
+    base.update({k: v for k, v in (inp.params.methods.get(entry.method, {}) or {}).items()
+                 if k in paper.TABLE3_COMPONENTS})
+    base.update({k: v for k, v in (entry.overrides or {}).items() if k in paper.TABLE3_COMPONENTS})
+    return base
+
+
+def table3(inp: Inputs) -> Table:
+    spaces = inp.fid_spaces()
+    cols = [Column(c, h, "check") for c, h in zip(paper.TABLE3_COMPONENTS, COMPONENT_HEADERS)]
+    cols.append(Column("model", "Model"))
+    for space in spaces:
+        k = space_key(space)
+        cols += [Column(f"fid_{k}", f"Avg. FID ↓ ({space})", "fid", std=True),
+                 Column(f"kid_{k}", f"Avg. KID ↓ ({space})", "kid", std=True)]
+    cols += [Column("seeds", "Seeds"), Column("status", "Status")]
+    rows, prows = [], []
+    for model, *flags in paper.TABLE3_ROWS:
+        spec = dict(zip(paper.TABLE3_COMPONENTS, flags))
+        f, status = fid_cells(inp, model)
+        row = {**spec, "model": model, **f, "status": status,
+               "seeds": _seeds_of(inp.read("fidkid", model)) if inp.in_profile(model) else "-"}
+        conf = configured_switches(inp, model)
+        if conf is not None and conf != spec:
+            diff = ", ".join(f"{k}={conf[k]}" for k in paper.TABLE3_COMPONENTS if conf[k] != spec[k])
+            row["status"] = _join([status, f"configured switches differ from the paper's row ({diff})"])
+        rows.append(row)
+        p = paper.TABLE3[model]
+        prows.append({**spec, "model": model, "fid_inception": p["fid"], "kid_inception": p["kid"],
+                      "status": "published"})
+    pcols = [Column(c, h, "check") for c, h in zip(paper.TABLE3_COMPONENTS, COMPONENT_HEADERS)]
+    pcols += [Column("fid_inception", "Avg. FID ↓", "fid"), Column("kid_inception", "Avg. KID ↓", "kid")]
+    notes = common_notes(inp) + fid_notes(inp) + [
+        "Rows: variants of ours with the components switched as marked (params.yaml models ours_none ... "
+        "ours_aaspm_fa_lca; the last row is the full model `ours`). AASPM = adaptive activation mask selection "
+        "penalties, FA = feature alignment, LCA = label consistency alignment, BAML = bidirectional activation "
+        "minimisation loss."]
+    return Table("table3", "Table 3: ablation of the model components (FID/KID on rsna_like)", notes, cols, rows,
+                 pcols, prows, paper_note="Paper Table 3: Inception FID/KID on the real RSNA test set.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Supplementary: per-segmenter results
+# --------------------------------------------------------------------------------------------------------------------
+def report_models(inp: Inputs) -> list[str]:
+    """Original, the paper's methods, other models of the profile, then the ablation variants in the profile."""
+    names = [m for _, m in table1_models(inp)]
+    return names + [m for m in ABLATIONS if m in inp.params.models]
+
+
+def display_name(inp: Inputs, model: str) -> str:
+    return dict((m, d) for d, m in paper.TABLE1_ROWS).get(model) or model
+
+
+def table_segmenters(inp: Inputs) -> Table:
+    segmenters = list(inp.params.eval.segmenters) + ["mean"]
+    cols = [Column("row", "Model"), Column("segmenter", "Segmenter")]
+    for s in paper.SEG_SETS:
+        cols += [Column(f"{s}_miou", f"{SET_NAMES[s]} mIoU", "pct", std=True),
+                 Column(f"{s}_miou_delta", f"{SET_NAMES[s]} mIoU Δ", "delta", std=True),
+                 Column(f"{s}_sensitivity", f"{SET_NAMES[s]} Sens.", "pct", std=True),
+                 Column(f"{s}_sensitivity_delta", f"{SET_NAMES[s]} Sens. Δ", "delta", std=True)]
+    cols += [Column("seeds", "Seeds"), Column("status", "Status")]
+    rows = []
+    for model in report_models(inp):
+        data, status = inp.get("segment", model)
+        if data is None:
+            rows.append({"row": display_name(inp, model), "model": model, "segmenter": "all", "status": status})
+            continue
+        for seg_name in segmenters:
+            row: dict[str, Any] = {"row": display_name(inp, model), "model": model,
+                                   "segmenter": SEGMENTER_NAMES.get(seg_name, seg_name), "segmenter_key": seg_name,
+                                   "seeds": display_seeds(data.get("seeds")) if model != ORIGINAL else "-",
+                                   "status": status, "_text": {}}
+            for s in paper.SEG_SETS:
+                entry = dig(data, "sets", s)
+                res = entry.get("mean") if seg_name == "mean" else dig(entry, "segmenters", seg_name)
+                if entry is None or res is None:
+                    continue
+                row[f"{s}_n"] = entry.get("n")
+                if model == ORIGINAL:
+                    for k in ("miou", "sensitivity"):
+                        v = dig(res, "original", k)
+                        row[f"{s}_{k}"] = None if v is None else v * 100
+                        row["_text"][f"{s}_{k}_delta"] = ""
+                else:
+                    for k, src in (("miou", "miou"), ("miou_delta", "delta_miou"), ("sensitivity", "sensitivity"),
+                                   ("sensitivity_delta", "delta_sensitivity")):
+                        row[f"{s}_{k}"], row[f"{s}_{k}_std"] = _mean_std(dig(res, "avg", src), 100)
+            rows.append(row)
+    notes = common_notes(inp) + [
+        "Per-segmenter mIoU / sensitivity in % on the scored images of each set (opacity images of rsna_like and "
+        "ards_like, all jsrt_like images); Δ = translated - original; `mean` = the mean over segmenters that "
+        "Table 1 reports. Segmenters trained once on the lung masks of the normal data/drr training images.",
+        f"N = {n_line(rows) or 'unknown (no segment metrics yet)'} images."]
+    return Table("table_segmenters", "Supplementary table: lung segmentation per segmenter", notes, cols, rows,
+                 paper_note=("The paper publishes only the mean over its four segmenters (Table 1 above, "
+                             "table1.md); its per-segmenter numbers are in its Supplementary Material, which "
+                             "paper.md does not include."))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Paired DRR metrics (beyond the paper)
+# --------------------------------------------------------------------------------------------------------------------
+PAIRED_SETS = ("rsna_like", "ards_like")
+
+
+def table_paired(inp: Inputs) -> Table:
+    cols = [Column("eval_set", "Set"), Column("row", "Model"), Column("n_opacity", "N opacity", "int"),
+            Column("psnr", "PSNR vs twin (dB) ↑", "db", std=True),
+            Column("psnr_lung", "PSNR lung (dB) ↑", "db", std=True),
+            Column("ssim", "SSIM ↑", "unit", std=True), Column("ssim_lung", "SSIM lung ↑", "unit", std=True),
+            Column("residual_opacity_before", "Residual opacity before", "unit"),
+            Column("residual_opacity_after", "Residual opacity after ↓", "unit", std=True),
+            Column("residual_opacity_ratio", "After/before ↓", "ratio", std=True),
+            Column("change_outside_opacity", "Change outside opacity ↓", "unit", std=True),
+            Column("mask_auroc", "Mask AUROC ↑", "unit", std=True),
+            Column("mask_best_iou", "Mask best IoU ↑", "unit", std=True),
+            Column("n_normal", "N normal", "int"),
+            Column("normal_mean_abs_change", "Normals: mean |G(z)-z| ↓", "unit", std=True),
+            Column("normal_psnr_vs_input", "Normals: PSNR vs input (dB) ↑", "db", std=True),
+            Column("normal_mean_mask", "Normals: mean mask ↓", "unit", std=True),
+            Column("seeds", "Seeds"), Column("status", "Status")]
+    rows = []
+    for s in PAIRED_SETS:
+        for model in report_models(inp):
+            data, status = inp.get("paired", model)
+            row: dict[str, Any] = {"eval_set": s, "row": display_name(inp, model), "model": model, "status": status,
+                                   "seeds": "-", "_text": {}}
+            entry = dig(data, "sets", s)
+            if data is not None and entry is None:
+                row["status"] = f"no paired metrics for {s} (no clean twins?)"
+            if entry is None:
+                rows.append(row)
+                continue
+            row["n_opacity"], row["n_normal"] = entry.get("n_opacity"), entry.get("n_normal")
+            opa = entry.get("opacity", {})
+            if model == ORIGINAL:  # the untranslated images: the "before" of every model
+                for k in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
+                    row[k] = dig(opa, "before", k)
+                row["residual_opacity_before"] = opa.get("residual_opacity_before")
+                row["_text"].update({k: "" for k in ("residual_opacity_after", "residual_opacity_ratio",
+                                                     "change_outside_opacity", "mask_auroc", "mask_best_iou",
+                                                     "normal_mean_abs_change", "normal_psnr_vs_input",
+                                                     "normal_mean_mask")})
+            else:
+                row["seeds"] = display_seeds(data.get("seeds"))
+                avg = opa.get("avg", {})
+                for k in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
+                    row[k], row[f"{k}_std"] = _mean_std(avg.get(f"after_{k}"))
+                first = next(iter(opa.get("per_seed", {}).values()), {})
+                row["residual_opacity_before"] = first.get("residual_opacity_before")
+                for k in ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity",
+                          "mask_auroc", "mask_best_iou"):
+                    row[k], row[f"{k}_std"] = _mean_std(avg.get(k))
+                if row["mask_auroc"] is None and "mask_auroc" not in first:
+                    row["_text"].update(mask_auroc="n/a (no mask)", mask_best_iou="n/a (no mask)",
+                                        normal_mean_mask="n/a (no mask)")
+                navg = dig(entry, "normal", "avg") or {}
+                for k in ("mean_abs_change", "psnr_vs_input", "mean_mask"):
+                    if k in navg:
+                        row[f"normal_{k}"], row[f"normal_{k}_std"] = _mean_std(navg[k])
+            rows.append(row)
+    notes = common_notes(inp) + [
+        "DRR benchmark only (beyond the paper): every opacity image has a hidden clean twin (the same rendering "
+        "without findings) and a true opacity mask. Intensities in [0, 1]. PSNR/SSIM of the translation vs the twin, "
+        "whole image and lung field (the Original row = the untranslated image: the 'before' of every model); "
+        "residual opacity = mean |y - twin| inside the true opacity mask; change outside opacity = mean |y - x| "
+        "outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; normals: how much a "
+        "translator changes images without findings (it should not).",
+        "ards_like has no normal images (normal columns empty); jsrt_like has no twins (not in this table)."]
+    return Table("table_paired", "Supplementary table: paired metrics on the DRR benchmark", notes, cols, rows,
+                 paper_note="The paper has no paired metrics (its data have no clean twins).")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Figure 6 data: lesion counts and the Wilcoxon test
+# --------------------------------------------------------------------------------------------------------------------
+def table_lesions(inp: Inputs) -> Table:
+    cols = [Column("eval_set", "Set"), Column("row", "Model"), Column("n", "N images", "int"),
+            Column("count_original", "Mean detections, original", "count"),
+            Column("count_translated", "Mean detections, translated", "count", std=True),
+            Column("p_greater", "Wilcoxon p (fewer after)", "p"), Column("p_two_sided", "Wilcoxon p (two-sided)", "p"),
+            Column("n_nonzero", "Non-zero differences", "int"), Column("seeds", "Seeds"),
+            Column("status", "Status")]
+    rows = []
+    sets = ("rsna_like", "ards_like", "jsrt_like")
+    for s in sets:
+        for model in report_models(inp):
+            data, status = inp.get("lesions", model)
+            entry = dig(data, "sets", s)
+            row: dict[str, Any] = {"eval_set": s, "row": display_name(inp, model), "model": model,
+                                   "status": status, "seeds": "-", "_text": {}}
+            if entry is not None:
+                row["n"] = entry.get("n")
+                row["count_original"] = dig(entry, "mean_count", "original")
+                if model != ORIGINAL:
+                    row["seeds"] = display_seeds(data.get("seeds"))
+                    row["count_translated"], row["count_translated_std"] = _mean_std(
+                        dig(entry, "mean_count", "translated"))
+                    w = entry.get("wilcoxon_seed_mean", {})
+                    row["p_greater"], row["p_two_sided"] = w.get("p_greater"), w.get("p_two_sided")
+                    row["n_nonzero"] = w.get("n_nonzero")
+                    if w and w.get("p_two_sided") is None:
+                        row["_text"].update(p_greater="undefined", p_two_sided="undefined")
+                        row["status"] = w.get("note") or status
+                else:
+                    row["_text"].update(count_translated="", p_greater="", p_two_sided="", n_nonzero="")
+            elif data is not None:
+                row["status"] = f"no {s} entry"
+            rows.append(row)
+    notes = common_notes(inp) + [
+        "YOLOv5 lesion detector (ultralytics, trained once on the data/drr opacity boxes); detections per scored "
+        "image (opacity images of rsna_like / ards_like, all jsrt_like images) before and after translation. "
+        "Wilcoxon signed-rank test paired by image on the seed-mean counts (scipy, zero_method='wilcox'); "
+        "'undefined' = every difference is zero. Box plots: figures/figure6_lesions.png."]
+    return Table("table_lesions", "Figure 6 data: lesion counts before and after translation", notes, cols, rows,
+                 paper_note=f"The paper prints no numbers for Figure 6, only the claim: {paper.FIGURE6_CLAIM}.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training summary
+# --------------------------------------------------------------------------------------------------------------------
+def table_training(inp: Inputs) -> Table:
+    rows = []
+    loss_keys: list[str] = []
+    for model in inp.models:
+        data, status = inp.get("train", model)
+        if data is None:
+            rows.append({"model": model, "method": inp.params.models[model].method, "status": status})
+            continue
+        for seed, res in data.get("seeds", {}).items():
+            losses = res.get("final_losses") or {}
+            loss_keys += [k for k in sorted(losses) if k not in loss_keys]
+            rows.append({"model": model, "method": data.get("method"), "seed": seed, "steps": res.get("steps"),
+                         "wall_s": res.get("wall_s"), "parameters": res.get("parameters"), "status": status,
+                         **{f"loss_{k}": v for k, v in losses.items()}})
+    cols = [Column("model", "Model"), Column("method", "Method"), Column("seed", "Seed"),
+            Column("steps", "Steps", "int"), Column("wall_s", "Wall (s)", "count"),
+            Column("parameters", "Parameters", "int"), Column("status", "Status")]
+    notes = common_notes(inp) + [f"Training iterations: {inp.params.train.iterations}; final losses (mean of the "
+                                 "last logged window) per model are in the CSV (loss_* columns); curves: "
+                                 "figures/training_curves.png and curves/<model>/seed<k>.csv."]
+    return Table("training", "Training summary", notes, cols, rows,
+                 paper_note=("Paper: 2.5e5 iterations, batch size 2, 512 x 512 random crops, Adam lr 1e-4, "
+                             "betas (0.9, 0.9999), one RTX 3090; seeds not stated."))
+
+
+def all_tables(inp: Inputs) -> list[Table]:
+    return [table1(inp), table2(inp), table3(inp), table_segmenters(inp), table_paired(inp), table_lesions(inp),
+            table_training(inp)]

@@ -1,0 +1,547 @@
+"""The report stage on a synthetic project whose metric files are written by the real evaluation stages.
+
+The fixture runs eval.stages (run_fidkid, run_segment, run_lesions, run_paired, run_classifiers) on a tiny canonical
+project (tests/test_eval_support.py datasets, 32 px) with fake translations of 11 models x 2 seeds, so the metric
+formats the report reads cannot drift from what the evaluators write. Only the expensive networks are replaced by
+cheap deterministic stand-ins (features for FID, segmenters, detector, classifiers); every JSON/CSV writer, average and
+statistic is the evaluators' own. Then: every table has its rows and columns, the numbers in the CSVs equal the
+metric files (checked against the per-seed values with numpy, not against the averages the report reads), absent
+models give "not run" rows, figures are valid PNGs, and the MLflow summary runs carry Table 1's metrics.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.config import ModelEntry, Params, TrackingParams, TrainParams
+from pipeline.data.params import DataParams
+from pipeline.eval_params import EvalParams
+from pipeline.offline import PROJECT_ROOT
+
+ALL_MODELS = ("ours", "munit", "unit", "cyclegan", "uvcgan", "drit", "ours_none", "ours_aaspm", "ours_fa",
+              "ours_aaspm_fa", "ours_aaspm_fa_lca")
+CI_MODELS = ("ours", "ours_none", "cyclegan")
+SEEDS = [0, 1]
+SETS = ("ards_like", "rsna_like", "jsrt_like")
+# how much of the opacity each fake model removes (1 = returns the clean twin): gives every model its own numbers
+QUALITY = {"ours": 0.95, "munit": 0.5, "unit": 0.6, "cyclegan": 0.2, "uvcgan": 0.7, "drit": 0.55, "ours_none": 0.4,
+           "ours_aaspm": 0.6, "ours_fa": 0.65, "ours_aaspm_fa": 0.8, "ours_aaspm_fa_lca": 0.9}
+SEGMENTER_LEVELS = {"pspnet": 100, "unet": 120, "cenet": 140, "vgg16bn_unet": 90}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The synthetic project
+# --------------------------------------------------------------------------------------------------------------------
+def model_entries(names) -> dict[str, ModelEntry]:
+    base = yaml.safe_load((PROJECT_ROOT / "pipeline" / "profiles" / "base.yaml").read_text())["models"]
+    return {m: ModelEntry(method=base[m]["method"], overrides=base[m].get("overrides", {}),
+                          description=base[m].get("description", "")) for m in names}
+
+
+def make_params(models=ALL_MODELS, profile="paper", seeds=SEEDS, tracking=False, uri="", resolution=32) -> Params:
+    ev = EvalParams(batch_size=8, kid_subsets=5, classify_models=["ours"], max_images=0)
+    return Params(profile=profile, seeds=list(seeds), data=DataParams(resolution=resolution),
+                  train=TrainParams(threads=0, iterations=40), models=model_entries(models), eval=ev,
+                  tracking=TrackingParams(enabled=tracking, uri=uri, experiment="cxrbench"))
+
+
+def _save(path: Path, array) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L").save(path)
+
+
+def write_outputs(root: Path, model: str, seed: int, quality: float, with_masks: bool) -> None:
+    """outputs/<model>/seed<k>/ as the translate stage writes it: A->B = the image moved `quality` of the way to its
+    clean twin (+ noise), masks = the true opacity mask (blurred by noise), B->A of normals = a bright disc."""
+    from pipeline.data.canonical import read_manifest
+    from pipeline.stages.common import EVAL_SETS, TRAIN_DATASET
+
+    rng = np.random.default_rng(1000 * seed + sum(map(ord, model)))
+    out = root / "outputs" / model / f"seed{seed}"
+    records = []
+    for eval_set, (dataset, split) in list(EVAL_SETS.items()) + [("train", (TRAIN_DATASET, "train"))]:
+        ds = root / "data" / dataset
+        df = read_manifest(ds)
+        for r in df[df["split"] == split].itertuples(index=False):
+            img = np.asarray(Image.open(ds / r.image), np.float64)
+            twin = np.asarray(Image.open(ds / r.twin), np.float64) if r.twin else img
+            y = quality * twin + (1 - quality) * img + 3.0 * rng.standard_normal(img.shape)
+            _save(out / eval_set / "a2b" / f"{r.id}.png", y)
+            rec = dict(eval_set=eval_set, dataset=dataset, id=r.id, domain=r.domain, direction="a2b",
+                       image=f"{eval_set}/a2b/{r.id}.png", mask="")
+            if with_masks:
+                m = (np.asarray(Image.open(ds / r.opacity_mask), np.float64) / 255.0 if r.opacity_mask
+                     else np.zeros_like(img))
+                _save(out / eval_set / "a2b_mask" / f"{r.id}.png", 255 * np.clip(0.8 * m + 0.15 * rng.random(m.shape),
+                                                                                  0, 1))
+                rec["mask"] = f"{eval_set}/a2b_mask/{r.id}.png"
+            records.append(rec)
+            if r.domain == "normal" and eval_set in ("train", "rsna_like"):
+                h, w = img.shape
+                yy, xx = np.mgrid[:h, :w]
+                _save(out / eval_set / "b2a" / f"{r.id}.png",
+                      np.where((yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 8) ** 2, 200, img))
+                records.append(dict(eval_set=eval_set, dataset=dataset, id=r.id, domain=r.domain, direction="b2a",
+                                    image=f"{eval_set}/b2a/{r.id}.png", mask=""))
+    pd.DataFrame(records).to_csv(out / "index.csv", index=False)
+    summary_path = root / "metrics" / "translate" / f"{model}.json"  # run_translate's summary format
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"model": model, "seeds": {}}
+    summary["seeds"][str(seed)] = {s: sum(r["eval_set"] == s for r in records) for s in {r["eval_set"]
+                                                                                         for r in records}}
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary))
+
+
+class FakeSegmenter:
+    """Lung = dark pixels (the fixture's lungs are 50-80, background 160-190, opacity 200)."""
+
+    def __init__(self, level: int):
+        self.level = level
+
+
+def fake_predict_lungs(model, images, image_size, device, batch_size=32, threshold=0.5):
+    return np.asarray(images) < model.level
+
+
+class FakeClassifier(torch.nn.Module):
+    """Opacity score = % of bright pixels (inputs in [-1, 1]) minus an architecture offset."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x):
+        score = (x > 0.5).float().mean(dim=(1, 2, 3)) * 100 - self.offset
+        return torch.stack([-score, score], dim=1)
+
+
+def fake_features(paths, extractor, batch_size=32, cuda=None):
+    """2-d 'features' (mean, std of the grey levels) in torch-fidelity's sorted order."""
+    feats = [[a.mean() / 64, a.std() / 16] for a in
+             (np.asarray(Image.open(p).convert("L"), np.float64) for p in sorted(str(Path(p).resolve())
+                                                                                 for p in paths))]
+    return np.asarray(feats, np.float32)
+
+
+def fake_counts(model, paths, **kw):
+    """'Detections' = bright opacity pixels / 12 (the fixture's opacities are discs of grey level 200)."""
+    return np.array([int((np.asarray(Image.open(p).convert("L")) >= 196).sum() // 12) for p in paths])
+
+
+def write_training(root: Path, model: str, seeds) -> None:
+    """metrics/train/<model>.json (run_train's summary format) and curves/<model>/seed<k>.csv (the engine's LossLog)."""
+    from pipeline.engine import LossLog
+    from pipeline.stages.common import write_json
+
+    names = (("g_adv", "g_rec", "p_upper", "p_repul", "l_feature", "d_adv") if model.startswith("ours")
+             else ("g_adv", "g_cycle", "g_idt", "d_adv"))
+    summary = {"model": model, "method": "ours" if model.startswith("ours") else model, "iterations": 40,
+               "world_size": 1, "seeds": {}}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        log = LossLog(root / "curves" / model / f"seed{seed}.csv")
+        last = {}
+        for step in range(4, 41, 4):
+            last = {n: float((1 + i) * math.exp(-step / 30) + 0.05 * rng.random()) for i, n in enumerate(names)}
+            log.append({"step": float(step), **last, "lr_g": 1e-4, "it_per_s": 10.0})
+        summary["seeds"][str(seed)] = {"final_losses": last, "steps": 40, "wall_s": 1.5 + seed, "parameters": 12345}
+    write_json(root / "metrics" / "train" / f"{model}.json", summary)
+
+
+def build_project(root: Path, params: Params, models=ALL_MODELS, datasets: bool = True) -> Path:
+    """A project root with data/, outputs/, models/, curves/ and every metric file of the evaluation stages."""
+    from test_eval_support import write_eval_datasets
+
+    from pipeline.data import canonical
+
+    if datasets:
+        write_eval_datasets(root, size=32, n=3)
+    real_read_manifest, manifests = canonical.read_manifest, {}
+
+    def cached_read_manifest(dataset_dir, check_files=True):  # validated once: the files do not change here
+        key = str(Path(dataset_dir).resolve())
+        if key not in manifests:
+            manifests[key] = real_read_manifest(dataset_dir, check_files)
+        return manifests[key].copy()
+
+    mp0 = pytest.MonkeyPatch()
+    mp0.setattr(canonical, "read_manifest", cached_read_manifest)
+    try:
+        _evaluate(root, params, models)
+    finally:
+        mp0.undo()
+    return root
+
+
+def fake_networks(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Cheap deterministic stand-ins for the networks behind the evaluators (everything else is theirs)."""
+    from eval import classification as cls_mod
+    from eval import detection
+    from eval import fid_kid as fk
+
+    mp.setenv("TORCH_HOME", str(root / "no-torch-home"))  # no Inception weights: "unavailable"
+    mp.setattr(fk, "extract_features", fake_features)
+    fake_segmenter_patch(mp)
+    mp.setattr(detection, "load_detector", lambda path: "fake-detector")
+    mp.setattr(detection, "count_detections", fake_counts)
+    offsets = {"resnet50": 1.0, "mobilenetv3_large_100": 3.0, "efficientnet_b0": 6.0, "densenet121": 12.0}
+    mp.setattr(cls_mod, "train_classifier",
+               lambda arch, x, y, **kw: (FakeClassifier(offsets[arch]), {"arch": arch, "n_train": len(y)}))
+
+
+def _evaluate(root: Path, params: Params, models) -> None:
+    from eval import stages
+
+    for m in models:
+        for s in params.seeds:
+            write_outputs(root, m, s, QUALITY[m], with_masks=m.startswith("ours"))
+        write_training(root, m, params.seeds)
+    (root / "models" / "prior").mkdir(parents=True)
+    (root / "models" / "prior" / "prior.pt").write_bytes(b"stand-in prior: features are faked")
+    for name in SEGMENTER_LEVELS:
+        (root / "models" / "segmenters").mkdir(parents=True, exist_ok=True)
+        (root / "models" / "segmenters" / f"{name}.pt").write_bytes(name.encode())
+    with pytest.MonkeyPatch.context() as mp:
+        fake_networks(mp, root)
+        for model in ("original",) + tuple(models):
+            stages.run_fidkid(params, model, root=root)
+            stages.run_segment(params, model, root=root)
+            stages.run_lesions(params, model, root=root)
+            stages.run_paired(params, model, root=root)
+        stages.run_classifiers(params, root=root)
+
+
+def fake_segmenter_patch(mp) -> None:
+    """Figure 4 loads segmenters through eval.segmentation: the same stand-ins as the fixture."""
+    from eval import segmentation as seg
+
+    mp.setattr(seg, "load_segmenter", lambda path, device="cpu": (FakeSegmenter(SEGMENTER_LEVELS[Path(path).stem]),
+                                                                  32))
+    mp.setattr(seg, "predict_lungs", fake_predict_lungs)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from reports.build import build_reports
+
+    root = build_project(tmp_path_factory.mktemp("reports"), make_params())
+    with pytest.MonkeyPatch.context() as mp:
+        fake_segmenter_patch(mp)
+        result = build_reports(make_params(), root=root)
+    return root, result
+
+
+def read_csv(path: Path, source: str = "this run") -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["source"] == source]
+
+
+def metric(root: Path, stage: str, name: str) -> dict:
+    return json.loads((root / "metrics" / stage / f"{name}.json").read_text())
+
+
+def num(s: str) -> float | None:
+    return float(s) if s not in ("", None) else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tables: rows, columns, numbers
+# --------------------------------------------------------------------------------------------------------------------
+def test_table1_rows_columns_and_numbers(project):
+    root, result = project
+    assert result["problems"] == []
+    rows = read_csv(root / "reports" / "tables" / "table1.csv")
+    assert [r["row"] for r in rows] == ["Original CXRs", "MUNIT", "UNIT", "CycleGAN", "UVCGAN", "DRIT++", "Ours"]
+    assert len(read_csv(root / "reports" / "tables" / "table1.csv", "paper")) == 7
+    for s in SETS:
+        for col in (f"{s}_miou_delta", f"{s}_miou", f"{s}_sensitivity"):
+            assert col in rows[0]
+    segs = list(SEGMENTER_LEVELS)
+    for r in rows:
+        assert r["status"] == "ok", r
+        model = r["model"]
+        fk = metric(root, "fidkid", model)
+        key_seeds = ["original"] if model == "original" else [str(s) for s in SEEDS]
+        per_seed = fk["extractors"]["cxr-densenet"]["per_seed"]
+        fids = [per_seed[k]["fid"] for k in key_seeds]
+        assert num(r["fid_cxr_densenet"]) == pytest.approx(np.mean(fids), rel=1e-12)
+        assert num(r["kid_cxr_densenet"]) == pytest.approx(np.mean([per_seed[k]["kid_mean"] for k in key_seeds]))
+        if model != "original":
+            assert num(r["fid_cxr_densenet_std"]) == pytest.approx(np.std(fids, ddof=1))
+        assert r["fid_inception"] == "" and r["inception_status"] == "unavailable"  # no number without weights
+        sg = metric(root, "segment", model)
+        for s in SETS:
+            entry = sg["sets"][s]
+            if model == "original":  # the four-segmenter mean of the original images, in %
+                expect = 100 * np.mean([entry["segmenters"][n]["original"]["miou"] for n in segs])
+                assert r[f"{s}_miou_delta"] == ""
+            else:  # per seed the mean over segmenters, then the mean over seeds, recomputed here
+                per = [[entry["segmenters"][n]["translated"][str(k)] for n in segs] for k in SEEDS]
+                expect = 100 * np.mean([np.mean([p["miou"] for p in ps]) for ps in per])
+                delta = 100 * np.mean([np.mean([p["delta_miou"] for p in ps]) for ps in per])
+                assert num(r[f"{s}_miou_delta"]) == pytest.approx(delta, abs=1e-9)
+                sens = 100 * np.mean([np.mean([p["sensitivity"] for p in ps]) for ps in per])
+                assert num(r[f"{s}_sensitivity"]) == pytest.approx(sens, abs=1e-9)
+            assert num(r[f"{s}_miou"]) == pytest.approx(expect, abs=1e-9)
+            assert int(r[f"{s}_n"]) == entry["n"] == 3
+    ours = rows[-1]
+    md = (root / "reports" / "tables" / "table1.md").read_text()
+    assert f"{num(ours['rsna_like_miou']):.2f} ± {num(ours['rsna_like_miou_std']):.2f}" in md
+    assert "## This run" in md and "## Paper (published numbers, paper.md)" in md and "67.18" in md
+    assert "`inception`: **unavailable**" in md and "weights-inception-2015-12-05-6726825d.pth" in md
+    assert "Profile `paper`" in md and "seeds [0, 1]" in md and "N = 3 translated opacity" in md
+    # the fixture's better fake translators remove more opacity: segmentation and FID order follow
+    by = {r["model"]: r for r in rows}
+    assert num(by["ours"]["rsna_like_miou"]) > num(by["cyclegan"]["rsna_like_miou"])
+    assert num(by["ours"]["rsna_like_miou_delta"]) > num(by["cyclegan"]["rsna_like_miou_delta"])
+
+
+def test_table2_rows_and_numbers(project):
+    root, _ = project
+    rows = read_csv(root / "reports" / "tables" / "table2.csv")
+    pairs = [(r["classifier"], r["data_type"]) for r in rows]
+    assert pairs == [(c, d) for c in ("ResNet50", "MobileNet", "EfficientNet", "DenseNet")
+                     for d in ("Original", "Generated", "Mask")]
+    assert len(read_csv(root / "reports" / "tables" / "table2.csv", "paper")) == 12
+    original, ours = metric(root, "classifiers", "original"), metric(root, "classifiers", "ours")
+    for r in rows:
+        assert r["status"] == "ok", r
+        for test in ("rsna_like", "ards"):
+            for sc in ("acc", "f1", "recall", "precision"):
+                if r["data_type"] == "Original":
+                    expect = original["results"][r["arch"]][test][sc]
+                else:
+                    expect = np.mean([ours["seeds"][str(k)][r["data_type"]]["results"][r["arch"]][test][sc]
+                                      for k in SEEDS])
+                assert num(r[f"{test}_{sc}"]) == pytest.approx(expect, abs=1e-12), (r["arch"], test, sc)
+    # the paper's "-" cells stay empty in the CSV and "-" in the markdown
+    paper_rows = read_csv(root / "reports" / "tables" / "table2.csv", "paper")
+    gen = [r for r in paper_rows if r["data_type"] == "Generated"]
+    assert all(r["ards_acc"] == "" for r in gen) and num(gen[0]["rsna_like_acc"]) == 0.7978
+
+
+def test_table3_and_supplementary_tables(project):
+    root, _ = project
+    rows = read_csv(root / "reports" / "tables" / "table3.csv")
+    assert [r["model"] for r in rows] == ["ours_none", "ours_aaspm", "ours_fa", "ours_aaspm_fa", "ours_aaspm_fa_lca",
+                                          "ours"]
+    marks = [tuple(r[c] for c in ("aaspm", "fa", "lca", "bam")) for r in rows]
+    assert marks[0] == ("False",) * 4 and marks[-1] == ("True",) * 4 and marks[2] == ("False", "True", "False",
+                                                                                      "False")
+    for r in rows:
+        assert r["status"] == "ok", r
+        per_seed = metric(root, "fidkid", r["model"])["extractors"]["cxr-densenet"]["per_seed"]
+        assert num(r["fid_cxr_densenet"]) == pytest.approx(np.mean([per_seed[str(k)]["fid"] for k in SEEDS]))
+    paper_rows = read_csv(root / "reports" / "tables" / "table3.csv", "paper")
+    assert [num(r["fid_inception"]) for r in paper_rows][-1] == 67.17715
+    seg_rows = read_csv(root / "reports" / "tables" / "table_segmenters.csv")
+    unet = [r for r in seg_rows if r["model"] == "drit" and r["segmenter_key"] == "unet"][0]
+    tr = metric(root, "segment", "drit")["sets"]["jsrt_like"]["segmenters"]["unet"]["translated"]
+    assert num(unet["jsrt_like_miou"]) == pytest.approx(100 * np.mean([tr[str(k)]["miou"] for k in SEEDS]))
+    assert {r["model"] for r in seg_rows} == {"original", *ALL_MODELS}
+    paired = read_csv(root / "reports" / "tables" / "table_paired.csv")
+    p_ours = [r for r in paired if r["model"] == "ours" and r["eval_set"] == "rsna_like"][0]
+    per = metric(root, "paired", "ours")["sets"]["rsna_like"]["opacity"]["per_seed"]
+    assert num(p_ours["psnr"]) == pytest.approx(np.mean([per[str(k)]["after"]["psnr"] for k in SEEDS]))
+    assert num(p_ours["mask_auroc"]) == pytest.approx(np.mean([per[str(k)]["mask_auroc"] for k in SEEDS]))
+    p_munit = [r for r in paired if r["model"] == "munit" and r["eval_set"] == "rsna_like"][0]
+    assert p_munit["mask_auroc"] == "" and "n/a (no mask)" in (root / "reports" / "tables" /
+                                                                "table_paired.md").read_text()
+    lesions = read_csv(root / "reports" / "tables" / "table_lesions.csv")
+    les = [r for r in lesions if r["model"] == "ours" and r["eval_set"] == "rsna_like"][0]
+    counts = metric(root, "lesions", "ours")["sets"]["rsna_like"]["counts"]
+    assert num(les["count_original"]) == pytest.approx(np.mean(counts["original"]))
+    assert num(les["count_translated"]) == pytest.approx(np.mean([np.mean(counts["translated"][str(k)])
+                                                                  for k in SEEDS]))
+
+
+def test_paper_numbers_are_consistent():
+    """Typing check of the published numbers: every delta = mIoU - the Original row's mIoU (rounded to 0.01)."""
+    from reports import paper_numbers as paper
+
+    orig = paper.TABLE1["original"]
+    for model, row in paper.TABLE1.items():
+        if model == "original":
+            continue
+        for s in paper.SEG_SETS:
+            assert row[f"{s}_miou_delta"] == pytest.approx(row[f"{s}_miou"] - orig[f"{s}_miou"], abs=0.011), (model, s)
+    assert paper.TABLE3["ours"]["fid"] == pytest.approx(paper.TABLE1["ours"]["fid"], abs=0.005)
+    assert paper.TABLE3["ours"]["kid"] == paper.TABLE1["ours"]["kid"]
+    assert len(paper.TABLE2) == 12 and all(len(v) == 8 for v in paper.TABLE2.values())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Partial inputs
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ci_project(project, tmp_path_factory):
+    """The same metric tree reported under the ci profile (ours, ours_none, cyclegan) with one file deleted, tracked
+    to a temporary MLflow store: the partial-input and the MLflow tests share this one build."""
+    from mlflow.tracking import MlflowClient
+
+    from reports.build import build_reports
+
+    tmp = tmp_path_factory.mktemp("ci")
+    root = tmp / "partial"
+    shutil.copytree(project[0], root, ignore=shutil.ignore_patterns("reports"))
+    (root / "metrics" / "fidkid" / "cyclegan.json").unlink()  # configured but not evaluated yet
+    shutil.rmtree(root / "outputs" / "cyclegan")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment("cxrbench", artifact_location=(tmp / "artifacts").as_uri())  # not the project's
+    params = make_params(models=CI_MODELS, profile="ci", tracking=True, uri=uri)
+    with pytest.MonkeyPatch.context() as mp:
+        fake_segmenter_patch(mp)
+        result = build_reports(params, root=root)
+    return root, result, client
+
+
+def test_missing_models_and_files_give_reasons_not_numbers(ci_project):
+    root, result, _ = ci_project
+    assert result["problems"] == []
+    rows = {r["model"]: r for r in read_csv(root / "reports" / "tables" / "table1.csv")}
+    assert len(rows) == 7
+    for m in ("munit", "unit", "uvcgan", "drit"):  # metric files exist, but not in this profile: not this run's
+        assert rows[m]["status"] == "not run in profile ci"
+        assert all(rows[m][c] == "" for c in ("fid_cxr_densenet", "rsna_like_miou", "ards_like_sensitivity"))
+    assert rows["cyclegan"]["status"].startswith("missing metrics/fidkid/cyclegan.json: run `dvc repro "
+                                                 "evaluate@cyclegan`")
+    assert rows["cyclegan"]["fid_cxr_densenet"] == "" and rows["cyclegan"]["rsna_like_miou"] != ""
+    assert rows["ours"]["status"] == "ok"
+    t3 = {r["model"]: r for r in read_csv(root / "reports" / "tables" / "table3.csv")}
+    assert len(t3) == 6 and t3["ours_fa"]["status"] == "not run in profile ci" and t3["ours_none"]["status"] == "ok"
+    md = (root / "reports" / "tables" / "table1.md").read_text()
+    assert "not run in profile ci" in md
+    assert "| MUNIT | — | — |" in md  # a dash, never a zero
+    fig3 = np.asarray(Image.open(root / "reports" / "figures" / "figure3_qualitative.png").convert("L"))
+    assert fig3.std() > 10
+
+
+def test_table2_says_na_where_the_evaluator_does(project, tmp_path):
+    """A Table 2 model without activation masks: the classifier stage writes "n/a" and the table keeps it (never
+    zeros). The metric files come from the real stage on a copy of the data with mask-less translations."""
+    from eval import stages
+    from reports import tables
+    from reports.inputs import Inputs
+
+    root = tmp_path / "nomask"
+    shutil.copytree(project[0] / "data", root / "data")
+    params = make_params(models=CI_MODELS, profile="ci")
+    for s in params.seeds:
+        write_outputs(root, "ours", s, QUALITY["ours"], with_masks=False)
+    with pytest.MonkeyPatch.context() as mp:
+        fake_networks(mp, root)
+        stages.run_classifiers(params, root=root)
+    assert metric(root, "classifiers", "ours")["avg"]["Mask"]["status"] == "n/a"
+    tables.table2(Inputs(params, root)).write(root / "reports" / "tables")
+    rows = read_csv(root / "reports" / "tables" / "table2.csv")
+    assert len(rows) == 12
+    for r in rows:
+        if r["data_type"] == "Mask":
+            assert r["status"] == "n/a: the model has no activation masks"
+            assert all(r[f"{t}_{sc}"] == "" for t in ("rsna_like", "ards") for sc in ("acc", "f1", "recall"))
+        else:
+            assert r["status"] == "ok" and num(r["rsna_like_acc"]) is not None
+    md = (root / "reports" / "tables" / "table2.md").read_text()
+    assert "| ResNet50 | Mask | n/a | n/a |" in md
+
+
+def test_empty_project_does_not_crash(tmp_path):
+    from reports.build import build_reports
+
+    result = build_reports(make_params(models=CI_MODELS, profile="ci"), root=tmp_path)
+    assert result["problems"] == []
+    rows = read_csv(tmp_path / "reports" / "tables" / "table1.csv")
+    assert len(rows) == 7 and all(r["fid_cxr_densenet"] == "" for r in rows)
+    assert rows[0]["status"].startswith("missing metrics/fidkid/original.json: run `dvc repro evaluate_original`")
+    for name in ("figure3_qualitative.png", "figure4_segmentation.png", "figure5_masks.png", "figure6_lesions.png",
+                 "training_curves.png"):
+        assert Image.open(tmp_path / "reports" / "figures" / name).format == "PNG"
+    assert "missing" in (tmp_path / "reports" / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Figures and index
+# --------------------------------------------------------------------------------------------------------------------
+def test_figures_are_nontrivial_pngs_and_indexed(project):
+    root, result = project
+    index = (root / "reports" / "README.md").read_text()
+    for name in ("figure3_qualitative.png", "figure4_segmentation.png", "figure5_masks.png", "figure6_lesions.png",
+                 "training_curves.png"):
+        path = root / "reports" / "figures" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000, name
+        img = Image.open(path)
+        assert img.width >= 600 and img.height >= 250, (name, img.size)
+        assert np.asarray(img.convert("L")).std() > 10, name  # not a blank canvas
+        assert f"figures/{name}" in index
+    for t in ("table1", "table2", "table3", "table_segmenters", "table_paired", "table_lesions", "training"):
+        assert f"tables/{t}.md" in index and (root / "reports" / "tables" / f"{t}.csv").is_file()
+    assert "127.0.0.1:5000" in index and "tags.stage = 'summary'" in index
+
+
+def test_figure_examples_are_largest_opacity_first(project):
+    """Figures 3-5 show the evaluated rsna_like opacity images with the largest true opacity (deterministic)."""
+    from reports.figures import examples
+    from reports.inputs import Inputs
+
+    root, _ = project
+    ds, rows = examples(Inputs(make_params(), root))
+    assert ds is not None and len(rows) == 3
+    areas = [int((np.asarray(Image.open(ds / p)) > 127).sum()) for p in rows["opacity_mask"]]
+    assert areas == sorted(areas, reverse=True)  # largest true opacity first
+
+
+def test_figures_are_deterministic(project, tmp_path):
+    """The same inputs give byte-identical PNGs (so an unchanged `dvc repro` leaves reports/ untouched)."""
+    from reports.figures import figure5, figure6
+    from reports.inputs import Inputs
+
+    root, _ = project
+    for fn, name in ((figure6, "figure6_lesions.png"), (figure5, "figure5_masks.png")):
+        again = fn(Inputs(make_params(), root), tmp_path / name)
+        assert again.read_bytes() == (root / "reports" / "figures" / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------------------------------------
+def test_mlflow_summary_runs_carry_table1_metrics(ci_project):
+    root, _, client = ci_project
+    exp = client.get_experiment_by_name("cxrbench")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'summary'")
+    keys = sorted((r.data.tags["model"], r.data.tags["seed"]) for r in runs)
+    assert keys == sorted([("original", "")] + [(m, str(s)) for m in CI_MODELS for s in SEEDS])
+    run = [r for r in runs if r.data.tags["model"] == "ours" and r.data.tags["seed"] == "1"][0]
+    m = run.data.metrics
+    table1 = {r["model"]: r for r in read_csv(root / "reports" / "tables" / "table1.csv")}
+    for col in ("fid_cxr_densenet", "kid_cxr_densenet") + tuple(f"{s}_{k}" for s in SETS
+                                                                  for k in ("miou", "miou_delta", "sensitivity")):
+        assert col in table1["ours"] and col in m, col  # names line up with Table 1's columns
+    fk = metric(root, "fidkid", "ours")["extractors"]["cxr-densenet"]["per_seed"]["1"]
+    assert m["fid_cxr_densenet"] == pytest.approx(fk["fid"]) and m["kid_cxr_densenet"] == pytest.approx(fk["kid_mean"])
+    mean1 = metric(root, "segment", "ours")["sets"]["rsna_like"]["mean"]["translated"]["1"]
+    assert m["rsna_like_miou"] == pytest.approx(100 * mean1["miou"])
+    assert m["rsna_like_miou_delta"] == pytest.approx(100 * mean1["delta_miou"])
+    assert "fid_inception" not in m  # unavailable: no number
+    cyc = [r for r in runs if r.data.tags["model"] == "cyclegan" and r.data.tags["seed"] == "0"][0]
+    assert "fid_cxr_densenet" not in cyc.data.metrics and "rsna_like_miou" in cyc.data.metrics  # fidkid deleted
+    assert {r.data.tags["profile"] for r in runs} == {"ci"}
+    orig = [r for r in runs if r.data.tags["model"] == "original"][0].data.metrics
+    assert orig["rsna_like_miou"] == pytest.approx(num(table1["original"]["rsna_like_miou"]))
+    report = client.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    assert len(report) == 1
+    arts = {a.path for a in client.list_artifacts(report[0].info.run_id, "tables")}
+    assert {"tables/table1.md", "tables/table1.csv", "tables/table3.csv"} <= arts
+    figs = {a.path for a in client.list_artifacts(report[0].info.run_id, "figures")}
+    assert "figures/figure3_qualitative.png" in figs
+    assert not (root / "mlruns").exists()
