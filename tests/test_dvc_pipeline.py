@@ -35,9 +35,13 @@ def ci_project(tmp_path_factory):
 def test_dag_shows_the_graph(ci_project):
     dest, env, _ = ci_project
     out = _run(["dvc", "dag", "--md"], dest, env).stdout
-    for stage in ("data", "prior", "train@ours", "train@cyclegan", "translate@ours", "report"):
-        assert stage in out
-    assert "data --> prior" in out.replace('"', "") or "data-->prior" in out.replace(" ", "")
+    nodes = dict(re.findall(r'(node\d+)\["([^"]+)"\]', out))
+    edges = {(nodes[a], nodes[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", out)}
+    for stage in ("data", "prior", "train@ours", "train@cyclegan", "translate@ours", "evaluate@ours", "report"):
+        assert stage in nodes.values()
+    for edge in (("data", "prior"), ("prior", "train@ours"), ("train@ours", "translate@ours"),
+                 ("translate@ours", "evaluate@ours"), ("evaluate@ours", "report"), ("segmenters", "evaluate@ours")):
+        assert edge in edges, edge
 
 
 def test_first_repro_runs_every_stage_and_writes_outputs(ci_project):
