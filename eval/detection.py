@@ -100,6 +100,8 @@ def train_detector(dataset_dir: Path, df: pd.DataFrame, out_dir: Path, *, cfg: s
     if not weights and not cfg.endswith(".yaml"):
         raise EvalError(f"params.yaml eval.detector_cfg: {cfg!r} must be a model yaml such as yolov5n.yaml "
                         "(a .pt name would be downloaded); put local weights in eval.detector_weights")
+    if weights:
+        check_weights_only(Path(weights))
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="cxrbench-yolo-") as tmp:
@@ -126,12 +128,25 @@ def train_detector(dataset_dir: Path, df: pd.DataFrame, out_dir: Path, *, cfg: s
     return log
 
 
+def check_weights_only(path: Path) -> None:
+    """Refuse a YOLO .pt that torch.load(weights_only=True) cannot read with ultralytics' allow-list of its model
+    classes (a pickle payload, a corrupt file), before ultralytics unpickles it without that restriction."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        torch_safe_load(str(path), safe_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise EvalError(f"{path}: not a YOLO checkpoint torch.load(weights_only=True) can read "
+                        f"({type(exc).__name__}); retrain it with `dvc repro detector`") from None
+
+
 def load_detector(path: Path):
     from ultralytics import YOLO
 
     if not Path(path).is_file():
         raise EvalError(f"{path}: detector not found; run `dvc repro detector` first")
     switch_off_integrations()
+    check_weights_only(path)
     return YOLO(str(path))
 
 

@@ -106,7 +106,11 @@ def load_segmenter(path: Path, device: torch.device | str = "cpu") -> tuple[nn.M
     """(model in eval mode, training image side) from models/segmenters/<name>.pt."""
     if not Path(path).is_file():
         raise EvalError(f"{path}: segmenter not found; run `dvc repro segmenters` first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only=True: a pickle payload or a corrupt file is refused, in one line
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise EvalError(f"{path}: not a segmenter file torch.load(weights_only=True) can read ({type(exc).__name__});"
+                        " rebuild it with `dvc repro segmenters`") from None
     with torch.device("meta"):  # no random init of ~25M parameters that are overwritten at once
         model = build_segmenter(ckpt["name"])
     model.load_state_dict(ckpt["state_dict"], assign=True)

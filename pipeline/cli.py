@@ -76,7 +76,9 @@ def cmd_translate_sets(args) -> None:
 def cmd_translate(args) -> None:
     from pipeline.stages.user_translate import translate_files
 
-    translate_files(_params(args), args.model, args.inputs, Path(args.out), weights=args.weights, seed=args.seed)
+    params = _params(args)
+    _known_model(params, args.model)
+    translate_files(params, args.model, args.inputs, Path(args.out), weights=args.weights, seed=args.seed)
 
 
 PER_MODEL_EVALUATORS = ("fidkid", "segment", "lesions", "paired")
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-params", action="store_true", help="do not add the model to params.yaml")
     s.set_defaults(fn=cmd_new_baseline)
     s = sub.add_parser("ui", help="MLflow UI (loopback only by default)")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s, loopback only; 0.0.0.0 exposes the UI to the network)")
     s.add_argument("--port", type=int, default=5000)
     s.set_defaults(fn=cmd_ui)
     s = sub.add_parser("bench", help="speed/memory benchmarks into reports/bench/")
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CxrbenchError, FileNotFoundError) as exc:
         if os.environ.get("CXRBENCH_DEBUG"):
             raise
-        msg = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # whole: it may end in a quote
         print(f"cxrbench: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

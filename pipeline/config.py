@@ -92,7 +92,7 @@ class Params:
         if not self.seeds:
             raise ConfigError(f"{where}.seeds: must list at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"{where}.seeds: duplicate seeds {self.seeds}")
+            raise ConfigError(f"{where}.seeds: duplicate seeds {self.seeds}; list each seed once")
         for name, entry in self.models.items():
             if not name.replace("_", "").isalnum() or not name[0].isalpha() or name.lower() != name:
                 raise ConfigError(f"{where}.models.{name}: model names are lower-case letters, digits and '_'")
@@ -135,7 +135,8 @@ def read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}:{line}: not valid YAML ({problem}); fix the syntax there") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -198,7 +198,12 @@ def _fill_untracked_counters(net: PriorNet, state: dict[str, torch.Tensor]) -> d
 
 def _load_strict(net: PriorNet, state: dict[str, torch.Tensor], path: Path) -> None:
     state = _fill_untracked_counters(net, state)
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # the DenseNet-121 names with other shapes
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "")[:160]
+        raise PriorError(f"{path}: does not match DenseNet-121 ({detail or type(exc).__name__}); is it a "
+                         "DenseNet-121 checkpoint?") from None
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise PriorError(f"{path}: does not match DenseNet-121 ({what}); is it a DenseNet-121 checkpoint?")

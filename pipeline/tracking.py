@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from pipeline.offline import PROJECT_ROOT
 
-RETRIES = 5
+RETRIES = 3  # sqlite itself waits ~20 s per attempt on a lock: 3 tries bound the stall to about a minute
 
 
 def tracking_uri(configured: str = "") -> str:

@@ -176,7 +176,9 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
     summary = {"resolution": p.resolution, "seed": p.seed, "source": p.source,
                "datasets": {name: dataset_summary(out_root / name) for name in ("drr", "ards-like", "jsrt-like")}}
     summary["datasets"] = {k: {**v, "origin": written[k]} for k, v in summary["datasets"].items()}
-    (out_root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tmp = out_root / ".tmp-summary.json"  # written whole, then renamed: a killed run leaves no half file
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out_root / "summary.json")
     wrote = ", ".join(f"{k} ({v['images']} images)" for k, v in summary["datasets"].items())
     log(f"data: wrote {wrote} and {figure} in {time.perf_counter() - start:.1f} s")
     return summary

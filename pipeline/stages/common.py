@@ -99,20 +99,30 @@ def build_translator(params: Params, model: str):
 def load_trained(params: Params, model: str, seed: int, weights: Path | None = None, device: str = "cpu"):
     """A trained translator in eval mode, from models/<model>/seed<k>.pt (or an explicit weights file)."""
     from pipeline.engine import safe_load
+    from pipeline.errors import CxrbenchError
 
     path = Path(weights) if weights else Layout().weights(model, seed)
     if not path.exists():
-        from pipeline.errors import CxrbenchError
-
         raise CxrbenchError(f"{path}: no trained weights; run `dvc repro train@{model}` first")
     t = build_translator(params, model)
-    state = safe_load(path, map_location=device)
-    missing, unexpected = t.load_state_dict(state, strict=False)
+    try:  # weights_only=True: a pickle payload, a corrupt or a non-torch file all end here, in one line
+        state = safe_load(path, map_location=device)
+    except Exception as exc:  # noqa: BLE001
+        raise CxrbenchError(f"{path}: not a weights file torch.load(weights_only=True) can read "
+                            f"({type(exc).__name__}); use the models/{model}/seed<k>.pt the train stage "
+                            "writes") from None
+    if not isinstance(state, dict):
+        raise CxrbenchError(f"{path}: holds a {type(state).__name__}, not a state dict; use the models/{model}/"
+                            "seed<k>.pt the train stage writes")
+    try:
+        missing, unexpected = t.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, other shapes (e.g. another width in methods.<method>)
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "")[:160]
+        raise CxrbenchError(f"{path}: weights do not fit model {model!r} ({detail or type(exc).__name__}); check "
+                            f"methods.{params.models[model].method} in params.yaml") from None
     keep = set(t.inference_modules())
     missing = [k for k in missing if k.split(".", 1)[0] in keep]
     if missing or unexpected:
-        from pipeline.errors import CxrbenchError
-
         raise CxrbenchError(f"{path}: weights do not fit model {model!r} (missing {missing[:3]}, unexpected "
                             f"{unexpected[:3]}); check methods.{params.models[model].method} in params.yaml")
     return t.to(device).eval()

@@ -84,7 +84,7 @@ def run_translate(params: Params, model: str, root: Path | None = None, train_ca
     device = "cuda" if torch.cuda.is_available() and params.train.device != "cpu" else "cpu"
     summary = {"model": model, "seeds": {}}
     for seed in params.seeds:
-        translator = load_trained(params, model, seed, device=device)
+        translator = load_trained(params, model, seed, weights=layout.weights(model, seed), device=device)
         final = layout.outputs(model, seed)
         tmp = final.with_name(f".tmp-{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)

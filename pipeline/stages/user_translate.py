@@ -3,8 +3,8 @@
 Preprocessing is the training data's (pipeline/data/adapters.py): DICOM with rescale/window and MONOCHROME1
 inversion, 16-bit PNG by its percentile range, resized to the model's resolution, quantised to 8 bit, then mapped to
 [-1, 1]. For each input `<name>` it writes `<name>_translated.png`, `<name>_mask.png` (methods with an activation
-mask) and `<name>_overlay.png` (input | translation | mask over the input). Nothing is written for an input that
-fails to read: the error names the file.
+mask) and `<name>_overlay.png` (input | translation | mask over the input). Every input is read first: when one
+fails to read, the error names it and nothing is written.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
             if not found:
-                raise CxrbenchError(f"{p}: no PNG, JPG or DICOM files in this folder")
+                raise CxrbenchError(f"{p}: no PNG, JPG or DICOM files in this folder; point to the images")
             files += found
         elif p.is_file():
             files.append(p)
         else:
-            raise CxrbenchError(f"{p}: no such file or folder")
+            raise CxrbenchError(f"{p}: no such file or folder; check the path")
     return files
 
 
@@ -82,12 +82,13 @@ def translate_files(params: Params, model: str, inputs: list[str], out_dir: Path
     device = "cuda" if torch.cuda.is_available() else "cpu"
     translator = load_trained(params, model, seed, Path(weights) if weights else None, device=device)
     res = params.data.resolution
+    decoded = [read_any(f, res) for f in files]  # every input is read before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     names = _unique_stems(files)
     for start in tqdm(range(0, len(files), batch), desc=f"translate ({model})", unit="batch", disable=None):
         chunk = files[start:start + batch]
-        images = np.stack([read_any(f, res) for f in chunk])  # all readable before anything of the chunk is written
+        images = np.stack(decoded[start:start + batch])
         x = to_model_range(torch.from_numpy(images))[:, None].to(device)
         result = translator.translate(x)
         out = to_uint8(result.image)
