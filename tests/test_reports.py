@@ -545,3 +545,49 @@ def test_mlflow_summary_runs_carry_table1_metrics(ci_project):
     figs = {a.path for a in client.list_artifacts(report[0].info.run_id, "figures")}
     assert "figures/figure3_qualitative.png" in figs
     assert not (root / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
+    """`make ui` runs `cxrbench ui`: start it on the report's store and read the summary runs back through REST."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import cli_env
+
+    root, _, client = ci_project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = cli_env({"MLFLOW_TRACKING_URI": client.tracking_uri, "CXRBENCH_ROOT": str(tmp_path)})
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, "cxrbench ui exited"
+                time.sleep(0.5)
+        exp = json.loads(urllib.request.urlopen(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cxrbench", timeout=10).read())
+        body = json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]],
+                           "filter": "tags.stage = 'summary'", "max_results": 100}).encode()
+        req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        models = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "model") for r in runs}
+        assert models == set(CI_MODELS) | {"original"}
+        ours = [r for r in runs if {"key": "model", "value": "ours"} in r["data"]["tags"]][0]
+        assert {"fid_cxr_densenet", "rsna_like_miou"} <= {m["key"] for m in ours["data"]["metrics"]}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
