@@ -181,7 +181,9 @@ def fid_notes(inp: Inputs) -> list[str]:
     for space, st in inp.fid_space_status().items():
         if st["status"] == "ok":
             extra = ("the prior's pooled DenseNet-121 features: comparable between runs with the same prior file only, "
-                     "not with the paper" if space == "cxr-densenet" else
+                     "not with the paper; caution: FA (Eq. 5-6) and LCA (Eq. 7) train Ours against this same prior, so "
+                     "variants with FA/LCA are favoured in this space by construction: weigh them by the paired "
+                     "metrics (table_paired) and the inception space" if space == "cxr-densenet" else
                      "torch-fidelity inception-v3-compat pool3: the paper's feature space"
                      + ("" if st.get("canonical_weights") in (True, None) else " (NON-canonical weights file)"))
             lines.append(f"FID/KID feature space `{space}`: available ({extra}); N = {st.get('n_generated')} "
