@@ -325,7 +325,7 @@ def figure5(inp: Inputs, out: Path) -> Path:
 # Figure 6: lesion counts
 # --------------------------------------------------------------------------------------------------------------------
 def _p_text(p: Any) -> str:
-    return "p undefined" if p is None else f"p={p:.3g}"
+    return "p n/a" if p is None else f"p={p:.3g}"  # n/a: every difference is zero (no test possible)
 
 
 def figure6(inp: Inputs, out: Path) -> Path:
