@@ -29,7 +29,7 @@ from eval import paired as paired_mod
 from eval import segmentation as seg
 from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, load_mask, load_original,
                        pick_device, read_pngs, scored_rows, train_rows)
-from eval.stats import average_over_seeds, flatten, mean_std, wilcoxon_paired
+from eval.stats import average_over_seeds, mean_std, wilcoxon_paired
 from pipeline.config import Params
 from pipeline.stages.common import Layout, set_threads, write_json
 
@@ -75,7 +75,7 @@ def _finish(params: Params, layout: Layout, stage: str, name: str, result: dict[
 
         with tracking.stage_run(stage, model=name, profile=params.profile, enabled=True,
                                 experiment=params.tracking.experiment, uri=params.tracking.uri) as run:
-            run.log_metrics(flatten(result))
+            run.log_metrics(result)  # flattened to a.b.c and filtered to finite numbers there
     return result
 
 

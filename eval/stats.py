@@ -95,15 +95,3 @@ def wilcoxon_paired(before: Sequence[float], after: Sequence[float]) -> dict[str
     greater = sps.wilcoxon(b, a, zero_method="wilcox", alternative="greater")
     out.update(statistic=float(two.statistic), p_two_sided=float(two.pvalue), p_greater=float(greater.pvalue))
     return out
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested metrics -> {"a.b.c": number} with only finite numbers (what MLflow accepts)."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            out[key] = float(v)
-    return out

@@ -44,16 +44,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def method_config(name: str, profile: str):
-    from pipeline.config import read_yaml
-    from pipeline.schema import build_dataclass
-
-    cls = registry.get(name)
-    prof_file = registry.package_dir(name) / "profiles.yaml"
-    values = (read_yaml(prof_file).get(profile) or {}) if prof_file.exists() else {}
-    if "prior_weights" in cls.Config.__dataclass_fields__:
-        prior = Path("models/prior/prior.pt")
-        values = {**values, "prior_weights": str(prior) if prior.exists() else ""}
-    return build_dataclass(cls.Config, values, f"{name} {profile} profile")
+    prior = Path("models/prior/prior.pt")
+    return registry.profile_config(name, profile, prior_weights=str(prior) if prior.exists() else "")
 
 
 def bench_translator(name: str, size: int, batch: int, steps: int, device: torch.device, precision: str,

@@ -25,15 +25,9 @@ def build(method: str, size: int):
 
         return ToyTranslator(image_size=size)
     from pipeline import registry
-    from pipeline.config import read_yaml
-    from pipeline.schema import build_dataclass
 
     cls = registry.get(method)
-    prof = registry.package_dir(method) / "profiles.yaml"
-    values = (read_yaml(prof).get("ci") or {}) if prof.exists() else {}
-    if "prior_weights" in {f for f in cls.Config.__dataclass_fields__}:
-        values = {**values, "prior_weights": ""}
-    return cls(build_dataclass(cls.Config, values, method), in_channels=1, image_size=size)
+    return cls(registry.profile_config(method, "ci", prior_weights=""), in_channels=1, image_size=size)
 
 
 def main() -> None:

@@ -8,21 +8,14 @@ import pytest
 import torch
 
 from pipeline import registry
-from pipeline.config import read_yaml
 from pipeline.contract import Translation, Translator
 from pipeline.engine import Engine, EngineSettings, export_weights, safe_load, seed_everything
-from pipeline.schema import build_dataclass
 
 SIZE = 64
 
 
 def ci_config(name: str):
-    cls = registry.get(name)
-    prof = registry.package_dir(name) / "profiles.yaml"
-    values = (read_yaml(prof).get("ci") or {}) if prof.exists() else {}
-    if "prior_weights" in cls.Config.__dataclass_fields__:
-        values = {**values, "prior_weights": ""}  # contract tests run without a trained prior
-    return build_dataclass(cls.Config, values, f"{name} ci profile")
+    return registry.profile_config(name, "ci", prior_weights="")  # contract tests run without a trained prior
 
 
 def build(name: str, seed: int = 0) -> Translator:
