@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+PSNR_CAP = 100.0  # dB, per-image values only: an exact reconstruction (the oracle) has infinite PSNR
 
 
 def to_unit(images: np.ndarray) -> np.ndarray:
@@ -111,6 +112,11 @@ def best_iou_from_levels(pos: np.ndarray, neg: np.ndarray) -> tuple[float | None
     return float(iou[best]), best
 
 
+def _list(v: np.ndarray) -> list[float | None]:
+    """Per-image values for the metric file: NaN and +-inf (identical images) become None."""
+    return [float(x) if np.isfinite(x) else None for x in np.asarray(v, np.float64)]
+
+
 def _mean(v: np.ndarray) -> float | None:
     v = np.asarray(v, np.float64)
     v = v[np.isfinite(v)]
@@ -132,6 +138,7 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
     x, t = to_unit(originals), to_unit(twins)
     before = masked_abs_diff(x, t, opacity)
     out["residual_opacity_before"] = _mean(before)
+    per_image: dict[str, list] = {"residual_opacity_before": _list(before), "psnr_before": _list(np.minimum(psnr(x, t), PSNR_CAP))}
     if translated is not None:
         y = to_unit(translated)
         after = masked_abs_diff(y, t, opacity)
@@ -139,7 +146,13 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
         out["residual_opacity_after"] = _mean(after)
         ok = np.isfinite(before) & np.isfinite(after) & (before > 0)
         out["residual_opacity_ratio"] = _mean(after[ok] / before[ok]) if ok.any() else None
-        out["change_outside_opacity"] = _mean(masked_abs_diff(y, x, ~np.asarray(opacity, bool)))
+        outside = masked_abs_diff(y, x, ~np.asarray(opacity, bool))
+        out["change_outside_opacity"] = _mean(outside)
+        per_image.update(residual_opacity_after=_list(after),
+                         residual_opacity_ratio=_list(np.where(ok, after / np.where(before > 0, before, 1), np.nan)),
+                         change_outside_opacity=_list(outside),
+                         psnr_after=_list(np.minimum(psnr(y, t), PSNR_CAP)))
+    out["per_image"] = per_image
     if masks is not None:
         pos, neg = level_histograms(masks, opacity)
         iou, level = best_iou_from_levels(pos, neg)

@@ -154,7 +154,10 @@ def miou_sensitivity(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, n
 def summarise(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     miou, sens = miou_sensitivity(pred, truth)
     return {"miou": float(miou.mean()) if len(miou) else None,
-            "sensitivity": float(np.nanmean(sens)) if np.isfinite(sens).any() else None, "n": int(len(miou))}
+            "sensitivity": float(np.nanmean(sens)) if np.isfinite(sens).any() else None, "n": int(len(miou)),
+            # per image, for the intervals and paired tests (NaN sensitivity: no lung pixels in the truth)
+            "per_image": {"miou": [float(v) for v in miou],
+                          "sensitivity": [None if not np.isfinite(v) else float(v) for v in sens]}}
 
 
 def evaluate_set(segmenters: dict[str, tuple[nn.Module, int]], dataset_dir: Path, rows,

@@ -29,7 +29,8 @@ from eval import paired as paired_mod
 from eval import segmentation as seg
 from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, load_mask, load_original,
                        pick_device, read_pngs, scored_rows, train_rows)
-from eval.stats import average_over_seeds, mean_std, wilcoxon_paired
+from eval.references import REFERENCE_SEED, REFERENCES
+from eval.stats import average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
 from pipeline.config import Params
 from pipeline.stages.common import Layout, set_threads, write_json
 
@@ -48,6 +49,8 @@ def _setup(params: Params, root: Path | None) -> tuple[Layout, torch.device]:
 def _translations(layout: Layout, params: Params, model: str) -> dict[int, Translations]:
     if model == ORIGINAL:
         return {}
+    if model in REFERENCES:  # deterministic, no training: one "seed"
+        return {REFERENCE_SEED: Translations(layout, model, REFERENCE_SEED)}
     return {seed: Translations(layout, model, seed) for seed in params.seeds}
 
 
@@ -93,7 +96,8 @@ def _in_project(layout: Layout, path: str) -> str:
 
 def _extractor(params: Params, layout: Layout, name: str) -> fk.Extractor:
     return fk.resolve_extractor(name, _in_project(layout, params.eval.inception_weights),
-                                params.eval.inception_check_hash, _in_project(layout, params.eval.prior_path))
+                                params.eval.inception_check_hash, _in_project(layout, params.eval.prior_path),
+                                _in_project(layout, params.eval.evaluator_path))
 
 
 def fid_cache_file(layout: Layout, extractor: str, eval_set: str = FID_SET) -> Path:
@@ -155,9 +159,10 @@ def run_fidkid(params: Params, model: str, root: Path | None = None) -> dict[str
             result["extractors"][name] = entry
             continue
         f_ref, cache = fk.cached_features(ref_paths, ext, fid_cache_file(layout, name), ev.batch_size, write=False)
-        per_seed = {}
+        per_seed, feats = {}, []
         for seed, paths in generated.items():
             f_gen = fk.extract_features(paths, ext, ev.batch_size)
+            feats.append(f_gen)
             m = fk.metrics_from_features(f_gen, f_ref, ev.kid_subsets, ev.kid_subset_size, ev.fid_rng_seed)
             per_seed["original" if seed is None else str(seed)] = m
             rows.append({"extractor": name, "seed": "" if seed is None else seed, "status": "ok",
@@ -166,7 +171,10 @@ def run_fidkid(params: Params, model: str, root: Path | None = None) -> dict[str
                          "n_reference": len(ref_paths)})
         first = next(iter(per_seed.values()))
         entry.update(status="ok", reference_cache=cache, kid_subset_size=first["kid_subset_size"], per_seed=per_seed,
-                     avg=average_over_seeds(per_seed, ("fid", "kid_mean", "kid_std")))
+                     avg=average_over_seeds(per_seed, ("fid", "kid_mean", "kid_std")),
+                     ci95=fk.fid_kid_interval(feats, f_ref, groups=ev.fid_groups, seed=ev.fid_rng_seed),
+                     role="diagnostic: ours trains against this network" if name in fk.DIAGNOSTIC_SPACES
+                     else "headline")
         result["extractors"][name] = entry
     return _finish(params, layout, "fidkid", model, result, rows)
 
@@ -193,8 +201,23 @@ def run_segmenters(params: Params, root: Path | None = None) -> dict[str, Any]:
                                          ev.seed, device)
         seg.save_segmenter(model, name, images.shape[-1], log, segmenter_path(layout, name))
         logs[name] = log
+    # competence: mIoU on clean normal test images (rsna_like normals), before any number depends on them
+    tds, tdf = eval_rows(layout, "rsna_like")
+    normals = tdf[tdf["domain"] == "normal"].reset_index(drop=True)
+    comp = {}
+    if len(normals):
+        timgs, tmasks = load_original(tds, normals), load_mask(tds, normals, "lung_mask")
+        for name in ev.segmenters:
+            model, size = seg.load_segmenter(segmenter_path(layout, name), device)
+            pred = seg.predict_lungs(model, timgs, size, device, ev.batch_size, ev.seg_threshold)
+            miou, _ = seg.miou_sensitivity(pred, tmasks)
+            comp[name] = {**competence(float(miou.mean()), ev.floor_segmenter_miou,
+                                       f"mIoU on {len(normals)} clean normal rsna_like test images"),
+                          "ci95": bootstrap_ci(miou, ev.n_boot, seed=ev.seed)}
+            print(f"segmenter {name}: clean-image mIoU {miou.mean():.3f} (floor {ev.floor_segmenter_miou})",
+                  flush=True)
     summary = {"stage": "segmenters", "n_train": int(len(rows)), "image_size": int(images.shape[-1]),
-               "segmenters": logs}
+               "segmenters": logs, "competence": comp}
     write_json(layout.root / "models" / "segmenters" / "segmenters.json", summary)
     return summary
 
@@ -222,6 +245,14 @@ def _known_original_scores(layout: Layout, settings: dict[str, Any]) -> dict[str
         return {}
     same = all(prev.get("settings", {}).get(k) == settings[k] for k in ("segmenter_sha256", "threshold"))
     return prev.get("sets", {}) if same else {}
+
+
+def _per_image_mean(results: list[dict[str, Any]], key: str) -> np.ndarray | None:
+    """Per-image mean over segmenters of a per-image score (None when a result has no per-image data)."""
+    rows = [r.get("per_image", {}).get(key) for r in results]
+    if not rows or any(r is None for r in rows):
+        return None
+    return np.nanmean(np.array([[np.nan if v is None else v for v in r] for r in rows], np.float64), axis=0)
 
 
 def run_segment(params: Params, model: str, root: Path | None = None) -> dict[str, Any]:
@@ -257,12 +288,23 @@ def run_segment(params: Params, model: str, root: Path | None = None) -> dict[st
         # the four-segmenter mean: per seed, the mean over segmenters; then mean (std) over seeds
         mean: dict[str, Any] = {"original": {k: _mean_over([r["original"] for r in per_seg.values()], k)
                                              for k in ("miou", "sensitivity")}}
+        orig_img = {k: _per_image_mean([r["original"] for r in per_seg.values()], k)
+                    for k in ("miou", "sensitivity")}
+        mean["ci95"] = {f"original_{k}": bootstrap_ci(v, ev.n_boot, seed=ev.seed) for k, v in orig_img.items()
+                        if v is not None}
         if translations:
             mean_seed = {str(s): {k: _mean_over([r["translated"][str(s)] for r in per_seg.values()], k)
                                   for k in ("miou", "sensitivity", "delta_miou", "delta_sensitivity")}
                          for s in translations}
             mean["translated"] = mean_seed
             mean["avg"] = average_over_seeds(mean_seed, ("miou", "sensitivity", "delta_miou", "delta_sensitivity"))
+            for k in ("miou", "sensitivity"):
+                per = [_per_image_mean([r["translated"][str(s)] for r in per_seg.values()], k) for s in translations]
+                if orig_img[k] is None or any(p is None for p in per):
+                    continue
+                mat = np.stack(per)  # (seeds, images): mean over segmenters per image
+                mean["ci95"][k] = bootstrap_ci(mat, ev.n_boot, seed=ev.seed)
+                mean["ci95"][f"delta_{k}"] = paired_difference(mat, orig_img[k], ev.n_boot, seed=ev.seed)
         result["sets"][eval_set] = {"n": int(len(rows)), "domain": "+".join(sorted(rows["domain"].unique())),
                                     "original_scores": "reused from metrics/segment/original.json" if reuse
                                     else "computed", "segmenters": per_seg, "mean": mean, "ids": list(rows["id"])}
@@ -499,6 +541,51 @@ PAIRED_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outsi
                "mask_best_iou")
 
 
+PER_IMAGE_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "psnr_after")
+
+
+def _arr(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def _paired_intervals(per_seed: dict[str, Any], ev) -> tuple[dict[str, Any], dict[str, Any]]:
+    """95 % intervals of the per-image paired metrics (over images and seeds) and the paired comparison with the
+    Identity floor: residual opacity after vs before (identity leaves it as it is) and PSNR vs the twin after vs
+    before (identity's PSNR is the input's)."""
+    mats = {k: np.stack([_arr(r["per_image"][k]) for r in per_seed.values()]) for k in PER_IMAGE_KEYS}
+    first = next(iter(per_seed.values()))["per_image"]
+    ci = {k: bootstrap_ci(m, ev.n_boot, seed=ev.seed) for k, m in mats.items()}
+    vs = {"residual_opacity": paired_difference(mats["residual_opacity_after"], _arr(first["residual_opacity_before"]),
+                                                ev.n_boot, seed=ev.seed),
+          "psnr": paired_difference(mats["psnr_after"], _arr(first["psnr_before"]), ev.n_boot, seed=ev.seed)}
+    r, p = vs["residual_opacity"], vs["psnr"]
+    removes = r["diff"]["hi"] is not None and r["diff"]["hi"] < 0
+    keeps = p["diff"]["lo"] is not None and p["diff"]["lo"] > 0
+    vs["beats_identity"] = bool(removes and keeps)
+    vs["verdict"] = ("removes opacity and improves the whole image vs the clean twin (both 95 % intervals exclude 0)"
+                     if removes and keeps else
+                     "reduces opacity, but the whole image does not get closer to the clean twin (anatomy changed)"
+                     if removes else "does not reduce the residual opacity below Identity's (95 % interval)")
+    return ci, vs
+
+
+def _per_finding(opa, per_seed: dict[str, Any], ev) -> dict[str, Any]:
+    """Residual-opacity ratio (after / before, inside the true opacity) per finding label, over images and seeds."""
+    from pipeline.data.canonical import LABEL_COLUMNS, NIH14
+
+    ratio = np.stack([_arr(r["per_image"]["residual_opacity_ratio"]) for r in per_seed.values()])
+    psnr_gain = np.stack([_arr(r["per_image"]["psnr_after"]) for r in per_seed.values()])
+    before = _arr(next(iter(per_seed.values()))["per_image"]["psnr_before"])
+    out = {}
+    for name, col in zip(NIH14, LABEL_COLUMNS):
+        sel = (opa[col].astype(float) > 0).to_numpy()
+        if sel.sum() < 2:
+            continue
+        out[name] = {"n": int(sel.sum()), "residual_opacity_ratio": bootstrap_ci(ratio[:, sel], ev.n_boot, seed=ev.seed),
+                     "psnr_gain": bootstrap_ci(psnr_gain[:, sel] - before[sel], ev.n_boot, seed=ev.seed)}
+    return out
+
+
 def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str, Any]:
     """PSNR/SSIM vs the clean twin, residual opacity, activation-mask AUROC/IoU, change on normals (DRR sets)."""
     layout, _ = _setup(params, root)
@@ -521,6 +608,10 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
         entry: dict[str, Any] = {"n_opacity": int(len(opa)), "n_normal": int(len(nor))}
         if not translations:
             entry["opacity"] = paired_mod.paired_opacity_metrics(originals, twins, lungs, opacity)
+            pi = entry["opacity"]["per_image"]
+            entry["opacity"]["ci95"] = {"residual_opacity_before": bootstrap_ci(_arr(pi["residual_opacity_before"]),
+                                                                                ev.n_boot, seed=ev.seed),
+                                        "psnr_before": bootstrap_ci(_arr(pi["psnr_before"]), ev.n_boot, seed=ev.seed)}
         else:
             per_seed, normal_seed = {}, {}
             for seed, t in translations.items():
@@ -534,9 +625,136 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
             entry["opacity"] = {"per_seed": per_seed, "avg": average_over_seeds(per_seed, PAIRED_KEYS)}
             for part in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
                 entry["opacity"]["avg"][f"after_{part}"] = mean_std(r["after"][part] for r in per_seed.values())
+            entry["opacity"]["ci95"], entry["opacity"]["vs_identity"] = _paired_intervals(per_seed, ev)
+            entry["per_finding"] = _per_finding(opa, per_seed, ev)
             if normal_seed:
                 entry["normal"] = {"per_seed": normal_seed,
                                    "avg": average_over_seeds(normal_seed, ("mean_abs_change", "psnr_vs_input",
                                                                            "mean_mask"))}
         result["sets"][eval_set] = entry
     return _finish(params, layout, "paired", model, result)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The independent evaluator network (the cxr-evaluator FID/KID space)
+# --------------------------------------------------------------------------------------------------------------------
+def competence(value: Any, floor: float, what: str) -> dict[str, Any]:
+    """{"value", "floor", "passed", "measure"}: an evaluator whose value is below its floor is not ranked."""
+    ok = isinstance(value, (int, float)) and np.isfinite(value) and value >= floor
+    return {"value": None if not isinstance(value, (int, float)) else float(value), "floor": float(floor),
+            "passed": bool(ok), "measure": what}
+
+
+def run_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
+    """Train the evaluator on the held-out split of data/drr; per-label AUROC on its test split (competence)."""
+    from eval import evaluator as evmod
+    from pipeline.data.canonical import NIH14, label_matrix, read_manifest
+    from pipeline.prior import per_label_auroc
+    from pipeline.stages.common import TRAIN_DATASET
+
+    layout, device = _setup(params, root)
+    ev = params.eval
+    ds = layout.dataset(TRAIN_DATASET)
+    df = read_manifest(ds)
+    train, test = df[df["split"] == ev.evaluator_split], df[df["split"] == "test"]
+    if train["domain"].nunique() < 2:
+        raise EvalError(f"{ds / 'manifest.csv'}: the evaluator's training split {ev.evaluator_split!r} needs opacity "
+                        "and normal images; raise data.val_opacity / data.val_normal")
+    net, log = evmod.train_evaluator(
+        load_original(ds, train), evmod.label_targets(label_matrix(train), train["domain"].to_numpy()),
+        arch=ev.evaluator_arch, input_size=ev.evaluator_input_size, iterations=ev.evaluator_iterations,
+        batch_size=ev.evaluator_batch_size, lr=ev.evaluator_lr, seed=ev.evaluator_seed, device=device)
+    probs = evmod.predict(net, load_original(ds, test), device, ev.batch_size)
+    aurocs = per_label_auroc(probs[:, :len(NIH14)], label_matrix(test))
+    domain_auroc = stats_auroc(probs[:, -1], (test["domain"] == "opacity").to_numpy())
+    defined = [v for v in aurocs.values() if v != "n/a"]
+    mean = float(np.mean(defined)) if defined else None
+    summary = {"stage": "evaluator", "arch": ev.evaluator_arch, "input_size": ev.evaluator_input_size,
+               "train_split": ev.evaluator_split, "n_train": int(len(train)), "n_test": int(len(test)),
+               "seed": ev.evaluator_seed, **log, "auroc": aurocs, "mean_auroc": mean,
+               "n_labels_with_auroc": len(defined), "opacity_domain_auroc": domain_auroc,
+               "feature_dim": int(net.pooled(torch.zeros(1, 1, 64, 64, device=device)).shape[1]),
+               "competence": competence(mean, ev.floor_evaluator_auroc,
+                                        "mean per-label AUROC on the drr test split (labels with both classes)")}
+    out = layout.root / "models" / "evaluator"
+    evmod.save_evaluator(net.cpu(), out / "evaluator.pt", summary)
+    write_json(out / "evaluator.json", summary)
+    print(f"evaluator: {ev.evaluator_arch} on {len(train)} {ev.evaluator_split} images; mean AUROC "
+          f"{'n/a' if mean is None else f'{mean:.3f}'} over {len(defined)} labels (floor {ev.floor_evaluator_auroc}), "
+          f"opacity-domain AUROC {domain_auroc if domain_auroc is None else round(domain_auroc, 3)}", flush=True)
+    return summary
+
+
+def stats_auroc(scores, labels):
+    from eval.stats import auroc
+
+    return auroc(scores, labels)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Floor and ceiling rows: identity, blur, oracle (eval/references.py)
+# --------------------------------------------------------------------------------------------------------------------
+def run_references(params: Params, root: Path | None = None, names: list[str] | None = None) -> dict[str, Any]:
+    """Write outputs/<reference>/seed0 for `names` (default: every eval.references entry), in the translate format;
+    metrics/translate/<reference>.json says how many images and which sets had no truth (oracle)."""
+    import shutil
+
+    import pandas as pd
+    from PIL import Image
+
+    from eval.references import blur_sigma_at, gaussian_blur
+
+    layout, _ = _setup(params, root)
+    ev = params.eval
+    summary: dict[str, Any] = {"stage": "references", "references": {}}
+    for name in names or ev.references:
+        if name not in REFERENCES:
+            raise EvalError(f"unknown reference row {name!r}; known: {', '.join(REFERENCES)}")
+        final = layout.outputs(name, REFERENCE_SEED)
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        records, skipped = [], []
+        for eval_set in available_sets(layout):
+            ds, df = eval_rows(layout, eval_set)  # every image: max_images is applied by the evaluators
+            if df.empty:
+                continue
+            x = load_original(ds, df)
+            masks = None
+            if name == "identity":
+                y = x
+            elif name == "blur":
+                y = gaussian_blur(x, blur_sigma_at(x.shape[-1], ev.blur_sigma))
+            else:  # oracle: the clean twin of opacity images, the input for normals, the true opacity as mask
+                opa = (df["domain"] == "opacity").to_numpy()
+                twins = df["twin"].fillna("").astype(str) != ""
+                if (opa & ~twins.to_numpy()).any():
+                    skipped.append(eval_set)
+                    continue
+                y = x.copy()
+                masks = np.zeros_like(x)
+                if opa.any():
+                    sel = df[opa]
+                    y[opa] = load_original(ds, sel, "twin")
+                    masks[opa] = load_mask(ds, sel, "opacity_mask").astype(np.uint8) * 255
+            (tmp / eval_set / "a2b").mkdir(parents=True, exist_ok=True)
+            if masks is not None:
+                (tmp / eval_set / "a2b_mask").mkdir(parents=True, exist_ok=True)
+            for i, row in enumerate(df.itertuples(index=False)):
+                rel = f"{eval_set}/a2b/{row.id}.png"
+                Image.fromarray(y[i], mode="L").save(tmp / rel)
+                mrel = ""
+                if masks is not None:
+                    mrel = f"{eval_set}/a2b_mask/{row.id}.png"
+                    Image.fromarray(masks[i], mode="L").save(tmp / mrel)
+                records.append({"eval_set": eval_set, "dataset": ds.name, "id": row.id, "domain": row.domain,
+                                "direction": "a2b", "image": rel, "mask": mrel})
+        cols = ["eval_set", "dataset", "id", "domain", "direction", "image", "mask"]
+        tmp.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame.from_records(records, columns=cols).to_csv(tmp / "index.csv", index=False)
+        shutil.rmtree(final, ignore_errors=True)  # a reference is recomputed in seconds: no training is lost
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(final)
+        summary["references"][name] = {"images": len(records), "sets_without_truth": skipped}
+        write_json(layout.metrics("translate", name), {"model": name, "reference": True, "images": len(records),
+                                                        "sets_without_truth": skipped})
+    return summary

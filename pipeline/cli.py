@@ -89,11 +89,13 @@ def cmd_eval(args) -> None:
 
     params = _params(args)
     if args.stage_name in PER_MODEL_EVALUATORS + ("evaluate",):
-        if args.model != "original":
+        if args.model != "original" and args.model not in params.eval.references:
             _known_model(params, args.model)
         names = PER_MODEL_EVALUATORS if args.stage_name == "evaluate" else (args.stage_name,)
         for name in names:  # one process for the four evaluators of a model: CPU start-up costs ~5 s each
             getattr(stages, f"run_{name}")(params, args.model)
+    elif args.stage_name == "references":
+        stages.run_references(params, names=[args.name] if args.name else None)
     else:
         getattr(stages, f"run_{args.stage_name}")(params)
 
@@ -157,13 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_translate_sets)
     for name, helptext in (("segmenters", "train the four lung segmenters"), ("detector", "train the YOLOv5 detector"),
                            ("classifiers", "train and test the Table 2 classifiers"),
-                           ("fidref", "cache the FID/KID reference features")):
+                           ("fidref", "cache the FID/KID reference features"),
+                           ("evaluator", "train the independent evaluator network (the cxr-evaluator FID space)"),
+                           ("references", "write the Identity / Blur / Oracle rows' outputs")):
         s = sub.add_parser(name, help=f"stage: {helptext}")
+        if name == "references":
+            s.add_argument("--name", default="", help="one of eval.references (default: all of them)")
         s.set_defaults(fn=cmd_eval, stage_name=name if name != "detector" else "detector_training")
     for name, helptext in (("fidkid", "FID/KID"), ("segment", "lung segmentation mIoU/sensitivity"),
                            ("lesions", "YOLO lesion counts + Wilcoxon"), ("paired", "paired DRR metrics"),
                            ("evaluate", "all four per-model evaluators above")):
-        s = sub.add_parser(name, help=f"stage: {helptext} of one model (or 'original')")
+        s = sub.add_parser(name, help=f"stage: {helptext} of one model (or 'original', or a reference row: "
+                                      "identity, blur, oracle)")
         s.add_argument("--model", required=True)
         s.set_defaults(fn=cmd_eval, stage_name=name)
     sub.add_parser("report", help="stage: write reports/ (tables, figures)").set_defaults(fn=cmd_report)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pipeline import distributed
 from pipeline.contract import Translator
 from pipeline.errors import CxrbenchError
+from pipeline.io import atomic_torch_save  # noqa: F401  (re-exported for the stages and tests)
 
 log = logging.getLogger("cxrbench.engine")
 
@@ -181,18 +182,6 @@ def batch_loader(dataset: UnpairedBatches, start: int, stop: int, num_workers: i
 # --------------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------------
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """Every checkpoint and weights file is loaded with weights_only=True: a pickle payload is refused."""
     return torch.load(path, map_location=map_location, weights_only=True)

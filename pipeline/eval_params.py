@@ -21,9 +21,11 @@ class EvalParams:
     seed: int = param(0, min=0, doc="seed of the evaluation models' training (segmenters, detector, classifiers)")
 
     # --- FID / KID (DESIGN 5.1) -----------------------------------------------------------------------------------
-    fid_extractors: list[str] = param(default_factory=lambda: ["inception", "cxr-densenet"],
-                                      choices=("inception", "cxr-densenet"),
-                                      doc="feature spaces: inception (needs the weights file), cxr-densenet (prior)")
+    fid_extractors: list[str] = param(default_factory=lambda: ["inception", "cxr-evaluator", "cxr-densenet"],
+                                      choices=("inception", "cxr-evaluator", "cxr-densenet"),
+                                      doc="feature spaces: inception (needs the weights file), cxr-evaluator (the "
+                                          "independent evaluator: headline), cxr-densenet (the prior that ours "
+                                          "trains against: diagnostic, never ranked)")
     inception_weights: str = param("", doc="torch-fidelity Inception weights file; empty = $TORCH_HOME/hub/checkpoints/"
                                            "weights-inception-2015-12-05-6726825d.pth; never downloaded")
     inception_check_hash: bool = param(True, doc="accept only the canonical file (sha256 starts with 6726825d); "
@@ -31,7 +33,39 @@ class EvalParams:
     prior_path: str = param("models/prior/prior.pt", doc="the prior whose pooled features make the cxr-densenet FID")
     kid_subsets: int = param(100, min=1, source="official", doc="KID subsets (torch-fidelity default)")
     kid_subset_size: int = param(1000, min=2, source="official",
-                                 doc="KID subset size (torch-fidelity default), clamped to the smaller set")
+                                 doc="KID subset size (torch-fidelity default), at most half the smaller set so that "
+                                     "the subsets differ and their std means something")
+    fid_groups: int = param(50, min=2, doc="groups of the jackknife that gives FID/KID their 95 % interval")
+    n_boot: int = param(2000, min=100, doc="bootstrap replicates of every per-image 95 % interval")
+
+    # --- the independent evaluator network (the cxr-evaluator FID/KID space; eval/evaluator.py) -------------------
+    evaluator_path: str = param("models/evaluator/evaluator.pt", doc="checkpoint written by the evaluator stage")
+    evaluator_arch: str = param("resnet18", doc="timm architecture of the evaluator (must differ from the prior's "
+                                                "DenseNet-121)")
+    evaluator_input_size: int = param(128, min=32, doc="evaluator input size (images are resized to it)")
+    evaluator_split: Literal["val", "train"] = param(
+        "val", doc="training split of the evaluator: val = held-out patients no method or prior trains on")
+    evaluator_iterations: int = param(3000, min=1, source="assumed")
+    evaluator_batch_size: int = param(32, min=1, source="assumed")
+    evaluator_lr: float = param(1e-3, min=0.0, source="assumed", doc="AdamW learning rate, cosine decay to 0")
+    evaluator_seed: int = param(1, min=0, doc="seed of the evaluator (distinct from the prior's)")
+
+    # --- floor and ceiling rows (translators that need no training) ------------------------------------------------
+    references: list[str] = param(default_factory=lambda: ["identity", "blur", "oracle"],
+                                  choices=("identity", "blur", "oracle"),
+                                  doc="reference rows of every table: identity (do nothing: the floor), blur (a "
+                                      "fixed Gaussian: below the floor), oracle (the clean twin: the ceiling, DRR "
+                                      "sets only)")
+    blur_sigma: float = param(1.5, min=0.0, doc="Gaussian sigma of the blur row, in pixels at 64 px (scaled with "
+                                                "the resolution)")
+
+    # --- competence floors: a metric from an evaluator below its floor is not ranked --------------------------------
+    floor_segmenter_miou: float = param(0.85, min=0.0, max=1.0, doc="segmenters: mIoU on clean normal test images")
+    floor_detector_map50: float = param(0.3, min=0.0, max=1.0, doc="detector: mAP50 on opacity validation images")
+    floor_evaluator_auroc: float = param(0.8, min=0.0, max=1.0, doc="evaluator: mean per-label test AUROC")
+    floor_prior_auroc: float = param(0.8, min=0.0, max=1.0, doc="prior: mean per-label test AUROC")
+    floor_classifier_auroc: float = param(0.8, min=0.0, max=1.0,
+                                          doc="Table 2 classifiers trained on Original images: test AUROC")
     fid_rng_seed: int = param(2020, min=0, source="official", doc="torch-fidelity rng_seed (KID subset sampling)")
 
     # --- segmentation (DESIGN 5.2) --------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def freeze(net: PriorNet) -> PriorNet:
 # Our own file format
 # ---------------------------------------------------------------------------------------------------------------------
 def save_prior(net: PriorNet, path: Path, info: dict[str, Any] | None = None) -> None:
-    from pipeline.engine import atomic_torch_save
+    from pipeline.io import atomic_torch_save
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_torch_save({"format": PRIOR_FORMAT, "config": net.config(), "labels": list(NIH14),

@@ -15,6 +15,11 @@ from pipeline.config import Params
 from pipeline.errors import CxrbenchError
 
 ORIGINAL = "original"  # the untranslated rows (eval.sets.ORIGINAL)
+# Profiles whose numbers rank nothing (too few images and iterations): their report says so in its first line.
+SMOKE_PROFILES = ("cpu", "ci")
+SMOKE_LINE = ("**Smoke run: this profile checks that every stage works; its numbers rank nothing** (too few images, "
+              "iterations and seeds; evaluators below their competence floors). Rankings: the cpu-rank, gpu-quick or "
+              "paper profile.")
 STAGE_OF = {"fidkid": "evaluate", "segment": "evaluate", "lesions": "evaluate", "paired": "evaluate",
             "classifiers": "classifiers", "train": "train", "translate": "translate"}
 
@@ -71,6 +76,8 @@ class Inputs:
     def repro_target(self, stage: str, name: str) -> str:
         dvc_stage = STAGE_OF.get(stage, stage)
         if dvc_stage == "evaluate":
+            if name in self.references:
+                return f"evaluate_reference@{name}"
             return "evaluate_original" if name == ORIGINAL else f"evaluate@{name}"
         if dvc_stage == "classifiers":
             return "classifiers"
@@ -81,8 +88,24 @@ class Inputs:
     def models(self) -> list[str]:
         return list(self.params.models)
 
+    @property
+    def references(self) -> list[str]:
+        """The floor/ceiling rows of this profile (identity, blur, oracle)."""
+        return list(self.params.eval.references)
+
     def in_profile(self, model: str) -> bool:
-        return model == ORIGINAL or model in self.params.models
+        return model == ORIGINAL or model in self.params.models or model in self.references
+
+    def is_smoke(self) -> bool:
+        return self.profile in SMOKE_PROFILES
+
+    def model_json(self, relpath: str) -> dict | None:
+        """A JSON written next to an evaluation model (models/evaluator/evaluator.json, ...), or None."""
+        p = self.root / relpath
+        try:
+            return json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def not_run(self) -> str:
         return f"not run in profile {self.profile}"

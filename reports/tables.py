@@ -126,6 +126,9 @@ def cell(row: dict[str, Any], col: Column) -> str:
     std = row.get(f"{col.key}_std") if col.std else None
     if std is not None and v is not None:
         out += f" ± {fmt_number(std, col.fmt).lstrip('+')}"
+    lo, hi = row.get(f"{col.key}_lo"), row.get(f"{col.key}_hi")
+    if v is not None and lo is not None and hi is not None:  # the 95 % interval
+        out += f" [{fmt_number(lo, col.fmt)}, {fmt_number(hi, col.fmt)}]"
     return out
 
 

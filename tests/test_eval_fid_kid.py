@@ -61,8 +61,8 @@ def test_fid_and_kid_equal_independent_computation(n1, n2, d):
     assert rel(fk.fid_from_features(f1, f2), frechet_scipy(f1, f2)) < 1e-6
     assert rel(frechet_low_rank(f1, f2), frechet_scipy(f1, f2)) < 1e-6  # the two references agree
     kid = fk.kid_from_features(f1, f2, subsets=20, subset_size=1000, rng_seed=7)
-    assert kid["kid_subset_size"] == min(n1, n2)  # clamped instead of torch-fidelity's error
-    mean, std = kid_numpy(f1, f2, 20, min(n1, n2), 7)
+    assert kid["kid_subset_size"] == min(n1, n2) // 2  # half the smaller set: the subsets differ
+    mean, std = kid_numpy(f1, f2, 20, min(n1, n2) // 2, 7)
     assert rel(kid["kid_mean"], mean) < 1e-6 and rel(kid["kid_std"], std) < 1e-6
     small = fk.kid_from_features(f1, f2, subsets=5, subset_size=10, rng_seed=3)
     assert rel(small["kid_mean"], kid_numpy(f1, f2, 5, 10, 3)[0]) < 1e-6
@@ -74,6 +74,41 @@ def test_a_set_against_itself_gives_zero_fid():
     assert abs(fk.fid_from_features(f, f)) < 1e-6 * fk.fid_from_features(f, g)
     with pytest.raises(ValueError, match="at least 2"):
         fk.kid_from_features(f[:1], f)
+    assert fk.kid_from_features(f[:2], f)["kid_std"] is None  # every subset would be the whole set: no std
+
+
+def test_fast_fid_equals_scipy_sqrtm():
+    rng = np.random.default_rng(5)
+    for n1, n2, d in ((60, 45, 16), (40, 50, 128)):  # N > D and N < D
+        f1, f2 = rng.standard_normal((n1, d)), 0.8 * rng.standard_normal((n2, d)) + 0.3
+        assert rel(fk.fid_fast(f1, f2), frechet_scipy(f1, f2)) < 1e-6
+
+
+def test_kid_std_is_not_zero_on_two_sets_of_200():
+    """The first version clamped the subset size to the set size: every subset was the whole set and the std ~1e-16."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((200, 32)), rng.standard_normal((200, 32)) + 0.3
+    kid = fk.kid_from_features(a, b, subsets=100, subset_size=1000)
+    assert kid["kid_subset_size"] == 100
+    assert kid["kid_std"] > 0.05 * abs(kid["kid_mean"]) and kid["kid_std"] > 1e-6
+    same = fk.kid_from_features(a, rng.standard_normal((200, 32)), subsets=100, subset_size=1000)
+    assert abs(same["kid_mean"]) < 3 * same["kid_std"]  # same distribution: KID ~ 0 within its spread
+    assert kid["kid_mean"] > 3 * kid["kid_std"]  # shifted distribution: clearly positive
+
+
+def test_fid_kid_interval_covers_the_expected_value_at_nominal_rate():
+    """The jackknife interval of FID at N = 80 covers E[FID_80] (estimated from 300 draws) in ~95 % of 60 cases."""
+    rng = np.random.default_rng(1)
+    d, n = 16, 80
+    draw = lambda: (rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 0.2)  # noqa: E731
+    expected = np.mean([fk.fid_fast(*draw()) for _ in range(300)])
+    hits = 0
+    for r in range(60):
+        a, b = draw()
+        ci = fk.fid_kid_interval([a], b, groups=20, seed=r)["fid"]
+        assert ci["lo"] < ci["mean"] < ci["hi"]
+        hits += ci["lo"] <= expected <= ci["hi"]
+    assert 0.85 <= hits / 60 <= 1.0
 
 
 # --- the cxr-densenet space through torch-fidelity ------------------------------------------------------------------
@@ -110,14 +145,14 @@ def test_cxr_densenet_fid_kid_match_torch_fidelity_and_scipy(tmp_path, prior_fil
     ext = fk.resolve_extractor(fk.CXR_EXTRACTOR, prior_path=prior_file)
     assert ext.available and ext.describe()["weights_sha256"] == fk.sha256_file(prior_file)
     ours = fk.fid_kid(gen, ref, ext, kid_subsets=10, kid_subset_size=1000, rng_seed=5)
-    assert ours["status"] == "ok" and ours["kid_subset_size"] == 6 and ours["n_generated"] == 7
+    assert ours["status"] == "ok" and ours["kid_subset_size"] == 3 and ours["n_generated"] == 7
 
     # 1) torch-fidelity's own calculate_metrics on the same folders with the registered extractor
     fk.register_cxr_extractor()
     fk.register_cxr_extractor()  # idempotent: once per process
     tf = torch_fidelity.calculate_metrics(
         input1=str(tmp_path / "gen"), input2=str(tmp_path / "ref"), feature_extractor=fk.CXR_EXTRACTOR,
-        feature_extractor_weights_path=str(prior_file), fid=True, kid=True, kid_subsets=10, kid_subset_size=6,
+        feature_extractor_weights_path=str(prior_file), fid=True, kid=True, kid_subsets=10, kid_subset_size=3,
         rng_seed=5, cuda=False, cache=False, save_cpu_ram=True, verbose=False)
     assert rel(ours["fid"], tf["frechet_inception_distance"]) < 1e-6
     assert rel(ours["kid_mean"], tf["kernel_inception_distance_mean"]) < 1e-6
@@ -133,7 +168,7 @@ def test_cxr_densenet_fid_kid_match_torch_fidelity_and_scipy(tmp_path, prior_fil
     fg, fr = feats(gen), feats(ref)
     assert fg.shape == (7, 1024)  # N < D: singular covariances, so the exact low-rank form is the reference
     assert rel(ours["fid"], frechet_low_rank(fg, fr)) < 1e-6
-    mean, std = kid_numpy(fg, fr, 10, 6, 5)
+    mean, std = kid_numpy(fg, fr, 10, 3, 5)
     assert rel(ours["kid_mean"], mean) < 1e-6 and rel(ours["kid_std"], std) < 1e-6
     # 3) a set against itself: FID ~ 0 (same features: the metric part is tested on its own above)
     assert abs(fk.fid_from_features(fr, fr)) < 1e-6 * ours["fid"]

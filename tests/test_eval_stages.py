@@ -57,11 +57,14 @@ def test_fidkid_stage(project, monkeypatch):
         assert res["n_generated"] == 3 and res["n_reference"] == 3
         cxr, inc = res["extractors"]["cxr-densenet"], res["extractors"]["inception"]
         assert inc["status"] == "unavailable" and "fid" not in json.dumps(inc.get("per_seed", {}))
-        assert cxr["status"] == "ok" and cxr["reference_cache"] == "hit" and cxr["kid_subset_size"] == 3
+        assert cxr["status"] == "ok" and cxr["reference_cache"] == "hit" and cxr["kid_subset_size"] == 2  # half the smaller set (3 images): subsets differ
         key = "0" if model == "toy" else "original"
         assert np.isfinite(cxr["per_seed"][key]["fid"]) and cxr["avg"]["fid"]["n"] == 1
         table = pd.read_csv(project / "metrics" / "fidkid" / f"{model}.csv")
-        assert set(table["extractor"]) == {"inception", "cxr-densenet"}
+        assert set(table["extractor"]) == {"inception", "cxr-evaluator", "cxr-densenet"}
+        ev = res["extractors"]["cxr-evaluator"]  # no evaluator trained in this fixture: said, not invented
+        assert ev["status"] == "unavailable" and "dvc repro evaluator" in ev["how_to_fix"]
+        assert cxr["role"].startswith("diagnostic") and cxr["ci95"]["fid"]["mean"] == pytest.approx(cxr["avg"]["fid"]["mean"])
 
 
 def test_segmentation_stages(project):
