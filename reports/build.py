@@ -21,6 +21,9 @@ from reports import tables as tabs
 from reports.inputs import ORIGINAL, Inputs
 
 TABLE_INDEX = {
+    "table_competence": "Evaluator competence: each evaluator's own score on held-out data against its floor; numbers "
+                        "from an evaluator below its floor are not ranked.",
+    "table_per_finding": "Beyond the paper (DRR only): residual opacity and PSNR gain per finding type.",
     "table1": "Paper Table 1: FID/KID of the opacity -> non-opacity translations (rsna_like) and lung segmentation "
               "(mIoU Δ, mIoU, sensitivity; mean of the segmenters) on ards_like, rsna_like, jsrt_like; Original + "
               "six methods.",
@@ -85,7 +88,7 @@ def mlflow_lines(params: Params) -> list[str]:
 def write_index(inp: Inputs, reports: Path, tables: list[tabs.Table], figures: dict[str, Path],
                 problems: list[str]) -> Path:
     ev = inp.params.eval
-    lines = ["# cxrbench reports", "",
+    lines = ["# cxrbench reports", "", *([tabs.SMOKE_LINE, ""] if inp.is_smoke() else []),
              f"Written by `cxrbench report` (the DVC stage `report`) from the metric files under `metrics/` (never "
              f"from mlflow.db). Profile `{inp.profile}`, seeds {inp.seeds()}, models: "
              + ", ".join(f"`{m}`" for m in inp.models) + ".", "",
@@ -96,6 +99,8 @@ def write_index(inp: Inputs, reports: Path, tables: list[tabs.Table], figures: d
              "- Every table shows this run's numbers and, in a second block, the paper's published numbers. The data "
              "differ from the paper's (unless real datasets were plugged in), so the numbers are not expected to "
              "match; the layout and the direction of the comparisons are what to check.", "",
+             "## Does any method remove opacity? (paired DRR metrics vs the Identity floor)", "",
+             *[f"- {line}" for line in tabs.removal_sentences(inp)], "",
              "## Tables", "", "| Table | What it shows | Files |", "|---|---|---|"]
     for t in tables:
         lines.append(f"| {t.title.split(':')[0]} | {TABLE_INDEX.get(t.name, t.title)} | "

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from reports import paper_numbers as paper
-from reports.inputs import ORIGINAL, Inputs, dig, display_seeds
+from reports.inputs import ORIGINAL, SMOKE_LINE, Inputs, dig, display_seeds
 
 SET_NAMES = {"rsna_like": "RSNA-like", "ards_like": "ARDS-like", "jsrt_like": "JSRT-like", "ards": "ARDS-like"}
 CLASSIFIER_NAMES = dict((arch, name) for name, arch in paper.CLASSIFIER_ROWS)
 SEGMENTER_NAMES = {"pspnet": "PSPNet", "unet": "U-Net", "cenet": "CE-Net", "vgg16bn_unet": "VGG16-BN U-Net",
                    "mean": "mean of the segmenters"}
+REFERENCE_NAMES = {"identity": "Identity (floor: do nothing)", "blur": "Blur (fixed Gaussian)",
+                   "oracle": "Oracle: clean twin (ceiling)"}
 TABLE2_MODEL = "ours"  # Table 2 is about the proposed method's translations and masks
 ABLATIONS = tuple(r[0] for r in paper.TABLE3_ROWS if r[0] != "ours")
 
@@ -187,6 +189,9 @@ def fid_notes(inp: Inputs) -> list[str]:
                      "not with the paper; caution: FA (Eq. 5-6) and LCA (Eq. 7) train Ours against this same prior, so "
                      "variants with FA/LCA are favoured in this space by construction: weigh them by the paired "
                      "metrics (table_paired) and the inception space" if space == "cxr-densenet" else
+                     "the independent evaluator network's pooled features (another architecture, split and seed "
+                     "than the prior; no method trains against it): the headline space without Inception weights"
+                     if space == "cxr-evaluator" else
                      "torch-fidelity inception-v3-compat pool3: the paper's feature space"
                      + ("" if st.get("canonical_weights") in (True, None) else " (NON-canonical weights file)"))
             lines.append(f"FID/KID feature space `{space}`: available ({extra}); N = {st.get('n_generated')} "
@@ -200,11 +205,66 @@ def fid_notes(inp: Inputs) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Evaluator competence: measured before any number that depends on it
+# --------------------------------------------------------------------------------------------------------------------
+def competence_rows(inp: Inputs) -> list[dict[str, Any]]:
+    """One row per evaluator: its competence value, floor, pass/fail, what it gates (from the models/ JSON files)."""
+    ev = inp.params.eval
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, gates: str, value: Any, floor: float, measure: str, missing: str) -> None:
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        rows.append({"evaluator": name, "gates": gates, "value": value if ok else None, "floor": floor,
+                     "passed": bool(ok and value >= floor), "measure": measure,
+                     "status": "ok" if ok else missing})
+
+    evj = inp.model_json("models/evaluator/evaluator.json")
+    add("evaluator", "FID/KID (cxr-evaluator)", dig(evj, "mean_auroc"), ev.floor_evaluator_auroc,
+        "mean per-label AUROC, drr test split", "missing models/evaluator/evaluator.json: run `dvc repro evaluator`")
+    prj = inp.model_json("models/prior/prior.json")
+    add("prior", "FID/KID (cxr-densenet, diagnostic); ours' FA/LCA", dig(prj, "mean_auroc"), ev.floor_prior_auroc,
+        "mean per-label AUROC, drr test split", "missing models/prior/prior.json: run `dvc repro prior`")
+    sgj = inp.model_json("models/segmenters/segmenters.json")
+    for name in ev.segmenters:
+        comp = dig(sgj, "competence", name) or {}
+        add(f"segmenter {SEGMENTER_NAMES.get(name, name)}", "segmentation (Table 1)", comp.get("value"),
+            ev.floor_segmenter_miou, comp.get("measure", "mIoU on clean normal test images"),
+            "missing competence in models/segmenters/segmenters.json: run `dvc repro segmenters`")
+    dtj = inp.model_json("models/detector/detector.json")
+    add("detector", "lesion counts (Figure 6)", dig(dtj, "val_metrics", "metrics/mAP50(B)"), ev.floor_detector_map50,
+        "mAP50 on the opacity validation images", "missing models/detector/detector.json: run `dvc repro detector`")
+    return rows
+
+
+def competent(inp: Inputs, prefix: str) -> tuple[bool, str]:
+    """(all evaluators whose name starts with `prefix` passed, a text for cells when they did not)."""
+    bad = [r for r in competence_rows(inp) if r["evaluator"].startswith(prefix) and not r["passed"]]
+    if not bad:
+        return True, ""
+    r = bad[0]
+    value = "not measured" if r["value"] is None else f"{r['value']:.2f}"
+    return False, f"evaluator not competent ({value} < {r['floor']:.2f})"
+
+
+def table_competence(inp: Inputs) -> Table:
+    cols = [Column("evaluator", "Evaluator"), Column("gates", "Numbers it produces"),
+            Column("measure", "Competence measure"), Column("value", "Value", "unit"), Column("floor", "Floor", "unit"),
+            Column("passed", "Passed", "check"), Column("status", "Status")]
+    notes = common_notes(inp) + [
+        "Every evaluator's competence is measured on data it was not trained on, before any number that depends on "
+        "it. A number from an evaluator below its floor (params.yaml eval.floor_*) is shown in the tables as "
+        "\"evaluator not competent (value < floor)\" and is not ranked; the CSV keeps the value."]
+    return Table("table_competence", "Evaluator competence (gates every ranked number)", notes, cols,
+                 competence_rows(inp), paper_note="The paper reports no competence of its evaluators.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Table 1: FID/KID and lung segmentation (mean of the segmenters) per evaluation set
 # --------------------------------------------------------------------------------------------------------------------
 def table1_models(inp: Inputs) -> list[tuple[str, str]]:
     """The paper's seven rows, then any other (non-ablation) model of this profile (e.g. a new baseline)."""
-    rows = list(paper.TABLE1_ROWS)
+    rows = list(paper.TABLE1_ROWS[:1]) + [(REFERENCE_NAMES.get(r, r), r) for r in inp.references]
+    rows += list(paper.TABLE1_ROWS[1:])
     known = {m for _, m in rows} | set(ABLATIONS)
     rows += [(inp.description(m), m) for m in inp.models if m not in known]
     return rows
@@ -227,6 +287,13 @@ def fid_cells(inp: Inputs, model: str) -> tuple[dict[str, Any], str]:
         row[f"fid_{k}"], row[f"fid_{k}_std"] = _mean_std(dig(entry, "avg", "fid"))
         row[f"kid_{k}"], row[f"kid_{k}_std"] = _mean_std(dig(entry, "avg", "kid_mean"))
         row[f"kid_{k}_subset_std"] = _mean_std(dig(entry, "avg", "kid_std"))[0]
+        for m in ("fid", "kid"):
+            row[f"{m}_{k}_lo"], row[f"{m}_{k}_hi"] = dig(entry, "ci95", m, "lo"), dig(entry, "ci95", m, "hi")
+        gate = {"cxr-evaluator": "evaluator", "cxr-densenet": "prior"}.get(space)
+        ok, why = competent(inp, gate) if gate else (True, "")
+        row[f"{k}_competent"] = ok
+        if not ok:
+            row["_text"][f"fid_{k}"] = row["_text"][f"kid_{k}"] = why
     if data is not None:
         row["fid_n_generated"], row["fid_n_reference"] = data.get("n_generated"), data.get("n_reference")
     return row, status
@@ -253,6 +320,20 @@ def seg_cells(inp: Inputs, model: str) -> tuple[dict[str, Any], str]:
             row[f"{s}_miou_delta"], row[f"{s}_miou_delta_std"] = _mean_std(dig(mean, "avg", "delta_miou"), 100)
             row[f"{s}_miou"], row[f"{s}_miou_std"] = _mean_std(dig(mean, "avg", "miou"), 100)
             row[f"{s}_sensitivity"], row[f"{s}_sensitivity_std"] = _mean_std(dig(mean, "avg", "sensitivity"), 100)
+        ci = mean.get("ci95", {})
+        for col, src in ((f"{s}_miou", "original_miou" if model == ORIGINAL else "miou"),
+                         (f"{s}_sensitivity", "original_sensitivity" if model == ORIGINAL else "sensitivity")):
+            for end in ("lo", "hi"):
+                v = dig(ci, src, end)
+                row[f"{col}_{end}"] = None if v is None else v * 100
+        for end in ("lo", "hi"):
+            v = dig(ci, "delta_miou", "diff", end)
+            row[f"{s}_miou_delta_{end}"] = None if v is None else v * 100
+        row[f"{s}_miou_delta_p"] = dig(ci, "delta_miou", "wilcoxon_p_two_sided")
+    ok, why = competent(inp, "segmenter")
+    row["segmenters_competent"] = ok
+    if not ok and data is not None:
+        row["_text"].update({f"{s}_{x}": why for s in paper.SEG_SETS for x in ("miou_delta", "miou", "sensitivity")})
     return row, status
 
 
@@ -278,8 +359,9 @@ def table1(inp: Inputs) -> Table:
     cols = [Column("row", "Model")]
     for space in spaces:
         k = space_key(space)
-        cols += [Column(f"fid_{k}", f"Avg. FID ↓ ({space})", "fid", std=True),
-                 Column(f"kid_{k}", f"Avg. KID ↓ ({space})", "kid", std=True)]
+        label = f"{space}, diagnostic: ours trains against it" if space == "cxr-densenet" else space
+        cols += [Column(f"fid_{k}", f"Avg. FID ↓ ({label})", "fid", std=True),
+                 Column(f"kid_{k}", f"Avg. KID ↓ ({label})", "kid", std=True)]
     for s in paper.SEG_SETS:
         cols += [Column(f"{s}_miou_delta", f"{SET_NAMES[s]} mIoU Δ", "delta", std=True),
                  Column(f"{s}_miou", f"{SET_NAMES[s]} mIoU ↑", "pct", std=True),
@@ -291,7 +373,8 @@ def table1(inp: Inputs) -> Table:
         g, gs = seg_cells(inp, model)
         seeds = "-"
         if model != ORIGINAL and inp.in_profile(model):
-            seeds = _seeds_of(inp.read("fidkid", model), inp.read("segment", model))
+            seeds = (_seeds_of(inp.read("fidkid", model), inp.read("segment", model)) if model not in inp.references
+                     else "deterministic")
         row = {"row": display, "model": model, **f, **g, "_text": {**f["_text"], **g["_text"]}, "seeds": seeds,
                "status": _join([fs, gs])}
         rows.append(row)
@@ -311,7 +394,12 @@ def table1(inp: Inputs) -> Table:
             prow["_text"] = {f"{s}_miou_delta": "" for s in paper.SEG_SETS}
         prows.append(prow)
     seg_n = n_line(rows)
-    notes = common_notes(inp) + fid_notes(inp) + [
+    notes = ([SMOKE_LINE] if inp.is_smoke() else []) + common_notes(inp) + fid_notes(inp) + [
+        "Brackets: 95 % intervals (FID/KID: grouped jackknife over the images of both sets, at this N; segmentation: "
+        "bootstrap over images and seeds; mIoU Δ: paired bootstrap of the per-image difference). Rows: Identity "
+        "(do nothing) is the floor, Blur a fixed Gaussian that removes detail but no opacity, Oracle the clean twin "
+        "(the truth, DRR sets only) the ceiling.",
+        *removal_sentences(inp),
         "Segmentation: mIoU over {background, lung} and lung sensitivity, in %, averaged over the segmenters "
         f"{', '.join(inp.params.eval.segmenters)} (per-segmenter numbers: table_segmenters.md); Δ = translated - "
         "original per seed. Scored images: the opacity images of rsna_like and ards_like, all (normal) jsrt_like "
@@ -466,7 +554,7 @@ def report_models(inp: Inputs) -> list[str]:
 
 
 def display_name(inp: Inputs, model: str) -> str:
-    return dict((m, d) for d, m in paper.TABLE1_ROWS).get(model) or model
+    return dict((m, d) for d, m in paper.TABLE1_ROWS).get(model) or REFERENCE_NAMES.get(model) or model
 
 
 def table_segmenters(inp: Inputs) -> Table:
@@ -522,6 +610,33 @@ def table_segmenters(inp: Inputs) -> Table:
 PAIRED_SETS = ("rsna_like", "ards_like")
 
 
+def removal_sentences(inp: Inputs) -> list[str]:
+    """One sentence per translator: does it beat Identity at removing opacity (paired DRR metrics, rsna_like)?"""
+    out = []
+    for model in report_models(inp):
+        if model in (ORIGINAL, "identity"):
+            continue
+        data, status = inp.get("paired", model)
+        vs = dig(data, "sets", "rsna_like", "opacity", "vs_identity")
+        name = display_name(inp, model)
+        if vs is None:
+            out.append(f"{name}: not measured ({status if data is None else 'no paired metrics'}).")
+            continue
+        r, p = vs["residual_opacity"]["diff"], vs["psnr"]["diff"]
+        verdict = "beats Identity" if vs.get("beats_identity") else "does NOT beat Identity"
+        out.append(f"{name} {verdict} on rsna_like: it {vs['verdict']}; residual opacity change "
+                   f"{_fmt_ci(r)} , PSNR vs the twin change {_fmt_ci(p, 'db')} dB (N = {vs['residual_opacity']['n']}).")
+    return out
+
+
+def _fmt_ci(ci: dict[str, Any], fmt: str = "unit") -> str:
+    if not ci or ci.get("mean") is None:
+        return "n/a"
+    lo, hi = ci.get("lo"), ci.get("hi")
+    body = fmt_number(ci["mean"], fmt)
+    return body + (f" [{fmt_number(lo, fmt)}, {fmt_number(hi, fmt)}]" if lo is not None and hi is not None else "")
+
+
 def table_paired(inp: Inputs) -> Table:
     cols = [Column("eval_set", "Set"), Column("row", "Model"), Column("n_opacity", "N opacity", "int"),
             Column("psnr", "PSNR vs twin (dB) ↑", "db", std=True),
@@ -537,6 +652,7 @@ def table_paired(inp: Inputs) -> Table:
             Column("normal_mean_abs_change", "Normals: mean |G(z)-z| ↓", "unit", std=True),
             Column("normal_psnr_vs_input", "Normals: PSNR vs input (dB) ↑", "db", std=True),
             Column("normal_mean_mask", "Normals: mean mask ↓", "unit", std=True),
+            Column("beats_identity", "Beats Identity", "check"),
             Column("seeds", "Seeds"), Column("status", "Status")]
     rows = []
     for s in PAIRED_SETS:
@@ -570,6 +686,10 @@ def table_paired(inp: Inputs) -> Table:
                 for k in ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity",
                           "mask_auroc", "mask_best_iou"):
                     row[k], row[f"{k}_std"] = _mean_std(avg.get(k))
+                for k in ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity"):
+                    row[f"{k}_lo"], row[f"{k}_hi"] = dig(opa, "ci95", k, "lo"), dig(opa, "ci95", k, "hi")
+                row["psnr_lo"], row["psnr_hi"] = dig(opa, "ci95", "psnr_after", "lo"), dig(opa, "ci95", "psnr_after", "hi")
+                row["beats_identity"] = dig(opa, "vs_identity", "beats_identity")
                 if row["mask_auroc"] is None and "mask_auroc" not in first:
                     row["_text"].update(mask_auroc="n/a (no mask)", mask_best_iou="n/a (no mask)",
                                         normal_mean_mask="n/a (no mask)")
@@ -586,8 +706,41 @@ def table_paired(inp: Inputs) -> Table:
         "outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; normals: how much a "
         "translator changes images without findings (it should not).",
         "ards_like has no normal images (normal columns empty); jsrt_like has no twins (not in this table)."]
+    notes.append("Brackets: 95 % bootstrap intervals over images and seeds (PSNR per image capped at 100 dB: the "
+                 "oracle is exact). Beats Identity: residual opacity lower than Identity's AND PSNR vs the twin "
+                 "higher, both paired 95 % intervals excluding 0.")
     return Table("table_paired", "Supplementary table: paired metrics on the DRR benchmark", notes, cols, rows,
                  paper_note="The paper has no paired metrics (its data have no clean twins).")
+
+
+def table_per_finding(inp: Inputs) -> Table:
+    """Residual opacity after/before and PSNR gain per finding label (DRR sets), with 95 % intervals."""
+    cols = [Column("eval_set", "Set"), Column("row", "Model"), Column("finding", "Finding"),
+            Column("n", "N images", "int"), Column("residual_opacity_ratio", "Residual after/before ↓", "ratio"),
+            Column("psnr_gain", "PSNR gain vs input (dB) ↑", "db"), Column("status", "Status")]
+    rows = []
+    for s in PAIRED_SETS:
+        for model in report_models(inp):
+            if model == ORIGINAL:
+                continue
+            data, status = inp.get("paired", model)
+            found = dig(data, "sets", s, "per_finding")
+            if not found:
+                rows.append({"eval_set": s, "row": display_name(inp, model), "model": model, "finding": "all",
+                             "status": status if data is None else "no per-finding metrics"})
+                continue
+            for finding, e in found.items():
+                row = {"eval_set": s, "row": display_name(inp, model), "model": model, "finding": finding,
+                       "n": e["n"], "status": "ok"}
+                for k in ("residual_opacity_ratio", "psnr_gain"):
+                    row[k], row[f"{k}_lo"], row[f"{k}_hi"] = (e[k].get("mean"), e[k].get("lo"), e[k].get("hi"))
+                rows.append(row)
+    notes = common_notes(inp) + [
+        "Per finding label of the opacity images (an image with several findings counts under each): residual "
+        "opacity inside the true opacity mask after / before translation (1 = Identity, 0 = the Oracle) and the "
+        "PSNR gain vs the clean twin; 95 % bootstrap intervals over images and seeds."]
+    return Table("table_per_finding", "Supplementary table: opacity removal per finding type (DRR benchmark)",
+                 notes, cols, rows, paper_note="The paper has no per-finding metrics.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -664,5 +817,5 @@ def table_training(inp: Inputs) -> Table:
 
 
 def all_tables(inp: Inputs) -> list[Table]:
-    return [table1(inp), table2(inp), table3(inp), table_segmenters(inp), table_paired(inp), table_lesions(inp),
-            table_training(inp)]
+    return [table_competence(inp), table1(inp), table2(inp), table3(inp), table_segmenters(inp), table_paired(inp),
+            table_per_finding(inp), table_lesions(inp), table_training(inp)]

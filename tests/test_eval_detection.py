@@ -45,12 +45,47 @@ def test_wilcoxon_matches_exact_enumeration_and_scipy():
     assert res["n"] == 9 and res["n_nonzero"] == 9
 
 
-def test_wilcoxon_with_ties_and_zeros_matches_scipy():
+def brute_force_midrank_p(d: np.ndarray) -> tuple[float, float]:
+    """Exact p-values by enumerating every sign pattern of the non-zero differences, with mid-ranks for ties."""
+    nz = d[d != 0]
+    ranks = sps.rankdata(np.abs(nz))
+    w_obs = ranks[nz > 0].sum()
+    ws = np.array([ranks[np.array(signs, bool)].sum() for signs in itertools.product((0, 1), repeat=len(nz))])
+    centre = ranks.sum() / 2
+    return float((np.abs(ws - centre) >= abs(w_obs - centre) - 1e-9).mean()), float((ws >= w_obs - 1e-9).mean())
+
+
+def test_wilcoxon_with_ties_and_zeros_is_exact():
     before = np.array([3, 2, 4, 0, 1, 2, 5, 3, 0, 2])  # detection counts: ties and zero differences
     after = np.array([1, 2, 1, 0, 0, 1, 2, 3, 0, 0])
     res = wilcoxon_paired(before, after)
-    ref = sps.wilcoxon(before, after, zero_method="wilcox")
-    assert res["p_two_sided"] == pytest.approx(ref.pvalue, rel=1e-12) and res["n_nonzero"] == 6
+    two, greater = brute_force_midrank_p(before - after)
+    assert res["p_two_sided"] == pytest.approx(two, rel=1e-12) and res["p_greater"] == pytest.approx(greater)
+    assert res["n_nonzero"] == 6 and res["method"] == "exact"
+
+
+def test_wilcoxon_few_nonzero_among_many_zeros_is_exact_not_normal():
+    """Five differences [2, 1, 1, 1, 2] and 25 unchanged images: all five positive has probability 2/32 two-sided.
+    scipy's default falls back to the normal approximation when zeros are present and says 0.038."""
+    before = np.array([2, 1, 1, 1, 2] + [0] * 25, float)
+    res = wilcoxon_paired(before, np.zeros(30))
+    assert res["p_two_sided"] == pytest.approx(0.0625, abs=1e-12) and res["p_greater"] == pytest.approx(1 / 32)
+    assert sps.wilcoxon(before, np.zeros(30), zero_method="wilcox").pvalue < 0.05  # the trap this avoids
+
+
+def test_wilcoxon_large_n_uses_the_normal_approximation_close_to_exact():
+    from eval import stats
+
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.2, 1, 60)
+    exact = wilcoxon_paired(d, np.zeros(60))
+    old, stats.EXACT_MAX_N = stats.EXACT_MAX_N, 10
+    try:
+        approx = wilcoxon_paired(d, np.zeros(60))
+    finally:
+        stats.EXACT_MAX_N = old
+    assert approx["method"].startswith("normal") and exact["method"] == "exact"
+    assert approx["p_two_sided"] == pytest.approx(exact["p_two_sided"], abs=0.01)
 
 
 def test_wilcoxon_all_zero_differences_is_reported_not_invented():

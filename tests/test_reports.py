@@ -48,8 +48,10 @@ def model_entries(names) -> dict[str, ModelEntry]:
                           description=base[m].get("description", "")) for m in names}
 
 
-def make_params(models=ALL_MODELS, profile="paper", seeds=SEEDS, tracking=False, uri="", resolution=32) -> Params:
-    ev = EvalParams(batch_size=8, kid_subsets=5, classify_models=["ours"], max_images=0)
+def make_params(models=ALL_MODELS, profile="paper", seeds=SEEDS, tracking=False, uri="", resolution=32,
+                references=()) -> Params:
+    ev = EvalParams(batch_size=8, kid_subsets=5, classify_models=["ours"], max_images=0, references=list(references),
+                    n_boot=200, fid_groups=3)
     return Params(profile=profile, seeds=list(seeds), data=DataParams(resolution=resolution),
                   train=TrainParams(threads=0, iterations=40), models=model_entries(models), eval=ev,
                   tracking=TrackingParams(enabled=tracking, uri=uri, experiment="cxrbench"))
@@ -211,6 +213,7 @@ def _evaluate(root: Path, params: Params, models) -> None:
     for name in SEGMENTER_LEVELS:
         (root / "models" / "segmenters").mkdir(parents=True, exist_ok=True)
         (root / "models" / "segmenters" / f"{name}.pt").write_bytes(name.encode())
+    write_competence(root, 0.9)
     with pytest.MonkeyPatch.context() as mp:
         fake_networks(mp, root)
         for model in ("original",) + tuple(models):
@@ -219,6 +222,17 @@ def _evaluate(root: Path, params: Params, models) -> None:
             stages.run_lesions(params, model, root=root)
             stages.run_paired(params, model, root=root)
         stages.run_classifiers(params, root=root)
+
+
+def write_competence(root: Path, value: float) -> None:
+    """The competence records the evaluator stages write (evaluator, prior, segmenters, detector), all at `value`."""
+    from pipeline.io import write_json
+
+    write_json(root / "models" / "evaluator" / "evaluator.json", {"mean_auroc": value})
+    write_json(root / "models" / "prior" / "prior.json", {"mean_auroc": value})
+    write_json(root / "models" / "segmenters" / "segmenters.json",
+               {"competence": {n: {"value": value, "measure": "test"} for n in SEGMENTER_LEVELS}})
+    write_json(root / "models" / "detector" / "detector.json", {"val_metrics": {"metrics/mAP50(B)": value}})
 
 
 def fake_segmenter_patch(mp) -> None:
@@ -591,3 +605,44 @@ def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_floor_and_ceiling_rows_and_the_competence_gate(project, tmp_path):
+    """Identity / Blur / Oracle rows come right after Original with numbers and intervals; when an evaluator falls
+    below its floor its numbers are replaced by "evaluator not competent (value < floor)" and the CSV keeps them."""
+    from eval import stages
+    from reports import tables
+    from reports.inputs import Inputs
+
+    root = tmp_path / "refs"
+    shutil.copytree(project[0], root)
+    params = make_params(references=("identity", "blur", "oracle"))
+    stages.run_references(params, root=root)
+    with pytest.MonkeyPatch.context() as mp:
+        fake_networks(mp, root)
+        for ref in ("identity", "blur", "oracle"):
+            for stage in ("fidkid", "segment", "paired"):
+                getattr(stages, f"run_{stage}")(params, ref, root=root)
+    t1 = tables.table1(Inputs(params, root))
+    t1.write(root / "reports" / "tables")
+    rows = read_csv(root / "reports" / "tables" / "table1.csv")
+    assert [r["model"] for r in rows[:4]] == ["original", "identity", "blur", "oracle"]
+    assert all(r["status"] == "ok" and num(r["rsna_like_miou"]) is not None for r in rows[:4])
+    assert num(rows[1]["rsna_like_miou_lo"]) <= num(rows[1]["rsna_like_miou"]) <= num(rows[1]["rsna_like_miou_hi"])
+    paired = metric(root, "paired", "oracle")["sets"]["rsna_like"]["opacity"]
+    assert paired["vs_identity"]["beats_identity"] is True and paired["avg"]["residual_opacity_after"]["mean"] == 0
+    ident = metric(root, "paired", "identity")["sets"]["rsna_like"]["opacity"]
+    assert ident["vs_identity"]["beats_identity"] is False
+    assert any("Oracle: clean twin (ceiling) beats Identity" in n for n in t1.notes)
+    write_competence(root, 0.5)  # every evaluator below its floor
+    tables.table1(Inputs(params, root)).write(root / "reports" / "tables")
+    md = (root / "reports" / "tables" / "table1.md").read_text()
+    assert "evaluator not competent (0.50 < 0.85)" in md and "evaluator not competent (0.50 < 0.80)" in md
+    assert num(read_csv(root / "reports" / "tables" / "table1.csv")[0]["rsna_like_miou"]) is not None
+    comp = {r["evaluator"]: r for r in read_csv_all(tables.table_competence(Inputs(params, root)), root)}
+    assert comp["evaluator"]["passed"] == "False" and comp["detector"]["value"] == "0.5"
+
+
+def read_csv_all(table, root: Path) -> list[dict[str, str]]:
+    table.write(root / "reports" / "tables")
+    return read_csv(root / "reports" / "tables" / f"{table.name}.csv")
