@@ -159,7 +159,7 @@ def test_params_rsna_source_without_its_folder(project, capsys):
 def test_params_unknown_fid_extractor(project, capsys):
     msg = check_fails(project, capsys, lambda d: d["eval"].__setitem__("fid_extractors", ["inception", "clip"]),
                       "eval.fid_extractors", "'clip'")
-    assert "must be one of inception, cxr-densenet" in msg
+    assert "must be one of inception, cxr-evaluator, cxr-densenet" in msg
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def test_empty_evaluation_set(eval_project, capsys, monkeypatch):
     assert snapshot(root) == before
 
 
-def test_kid_subset_larger_than_the_sets_is_clamped(eval_project):
+def test_kid_subset_larger_than_the_sets_is_half_the_smaller_set(eval_project):
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     from eval import fid_kid as fk
@@ -443,14 +443,14 @@ def test_kid_subset_larger_than_the_sets_is_clamped(eval_project):
     params.eval.kid_subset_size = 1000  # the sets have 3 images each
     result = run_fidkid(params, "original", root=root)
     entry = result["extractors"]["cxr-densenet"]
-    assert entry["status"] == "ok" and entry["kid_subset_size"] == 3
+    assert entry["status"] == "ok" and entry["kid_subset_size"] == 2  # half of 3, at least 2: the subsets differ
     assert result["settings"]["kid_subset_size_requested"] == 1000
-    # the clamped KID is torch-fidelity's KID at subset size 3 on the same features; at 1000 it would refuse
+    # the reduced KID is torch-fidelity's KID at subset size 2 on the same features; at 1000 it would refuse
     ds, rows = eval_rows(Layout(root), FID_SET, params.eval.max_images)
     ext = fk.resolve_extractor("cxr-densenet", prior_path=root / "models" / "prior" / "prior.pt")
     f_gen, f_ref = (torch.from_numpy(fk.extract_features([ds / p for p in rows[rows["domain"] == d]["image"]], ext)
                                      .astype(np.float64)) for d in ("opacity", "normal"))
-    direct = kid_features_to_metric(f_gen, f_ref, kid_subsets=params.eval.kid_subsets, kid_subset_size=3,
+    direct = kid_features_to_metric(f_gen, f_ref, kid_subsets=params.eval.kid_subsets, kid_subset_size=2,
                                     rng_seed=params.eval.fid_rng_seed, verbose=False)
     assert entry["per_seed"]["original"]["kid_mean"] == pytest.approx(float(direct["kernel_inception_distance_mean"]),
                                                                       rel=1e-6, abs=1e-12)
