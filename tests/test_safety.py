@@ -401,8 +401,11 @@ def test_dvc_commands_interpolate_only_validated_model_names(tmp_path):
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
     cmds = [s.get("do", s).get("cmd", "") for s in stages.values()]
     assert cmds and all(isinstance(c, str) for c in cmds)
-    assert {v for c in cmds for v in re.findall(r"\$\{([^}]*)\}", c)} == {"key"}
+    assert {v for c in cmds for v in re.findall(r"\$\{([^}]*)\}", c)} == {"key", "item"}
     assert all(s["foreach"] == "${models}" for s in stages.values() if "${key}" in s.get("do", {}).get("cmd", ""))
+    # ${item} only iterates eval.references, whose entries validation restricts to identity, blur, oracle
+    assert all(s["foreach"] == "${eval.references}" for s in stages.values()
+               if "${item}" in s.get("do", {}).get("cmd", ""))
 
     path = write_profile("ci", tmp_path / "params.yaml")
     data = yaml.safe_load(path.read_text())
@@ -410,4 +413,8 @@ def test_dvc_commands_interpolate_only_validated_model_names(tmp_path):
         bad = {**data, "models": {**data["models"], name: dict(data["models"]["cyclegan"])}}
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ConfigError, match=r"model names are lower-case letters, digits and '_'"):
+            load_params(path)
+        bad = {**data, "eval": {**data["eval"], "references": ["identity", name]}}
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=r"eval.references"):
             load_params(path)
