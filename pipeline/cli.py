@@ -106,6 +106,13 @@ def cmd_report(args) -> None:
     build_reports(_params(args))
 
 
+def cmd_publish(args) -> None:
+    from reports.publish import publish
+
+    publish(PROJECT_ROOT, args.name, Path(args.log) if args.log else None, args.run_command,
+            args.wall_seconds, _params(args))
+
+
 def cmd_new_baseline(args) -> None:
     from pipeline.scaffold import new_baseline
 
@@ -174,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model", required=True)
         s.set_defaults(fn=cmd_eval, stage_name=name)
     sub.add_parser("report", help="stage: write reports/ (tables, figures)").set_defaults(fn=cmd_report)
+    s = sub.add_parser("publish", help="copy this run's report into reports/published/NAME with its provenance")
+    s.add_argument("name")
+    s.add_argument("--log", default="", help="timestamped `dvc repro` log (per-stage wall times)")
+    s.add_argument("--run-command", default="dvc repro", help="the command that produced the run")
+    s.add_argument("--wall-seconds", type=float, default=None, help="measured wall time of that command")
+    s.set_defaults(fn=cmd_publish)
     s = sub.add_parser("translate", help="translate your own PNG/JPG/DICOM files or folders")
     s.add_argument("--model", required=True)
     s.add_argument("--weights", default=None, help="weights file (default: models/<model>/seed<k>.pt)")

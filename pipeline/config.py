@@ -26,7 +26,9 @@ from pipeline.prior_params import PriorParams
 from pipeline.schema import ConfigError, build_dataclass, deep_merge, param, to_plain  # noqa: F401
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-PROFILES = ("cpu", "ci", "gpu-quick", "paper")
+PROFILES = ("cpu", "cpu-rank", "ci", "gpu-quick", "paper")
+# Profiles that train every method at another profile's widths (<method dir>/profiles.yaml lists only the others).
+METHOD_PROFILE = {"cpu-rank": "cpu"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def resolve_profile(name: str) -> dict:
         method_profiles_file = registry.package_dir(entry.method) / "profiles.yaml"
         method_profile = {}
         if method_profiles_file.exists():
-            method_profile = read_yaml(method_profiles_file).get(name) or {}
+            method_profile = read_yaml(method_profiles_file).get(METHOD_PROFILE.get(name, name)) or {}
         given = deep_merge(method_profile, params.methods.get(entry.method, {}))
         methods[entry.method] = to_plain(build_dataclass(cls, given, f"{method_profiles_file}[{name}]"))
     plain["methods"] = methods
@@ -193,7 +195,7 @@ def write_profile(name: str, path: str | Path | None = None) -> Path:
     plain = resolve_profile(name)
     header = (f"# Active parameters, written by `cxrbench profile {name}` from pipeline/profiles/{name}.yaml.\n"
               "# Edit values here (DVC reruns exactly the stages that read them) or switch profile with\n"
-              "# `cxrbench profile cpu|ci|gpu-quick|paper`. Unknown keys and out-of-range values are errors.\n")
+              "# `cxrbench profile cpu|cpu-rank|ci|gpu-quick|paper`. Unknown keys and out-of-range values are errors.\n")
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(header + yaml.safe_dump(plain, sort_keys=False, width=120))
     build_dataclass(Params, read_yaml(tmp), str(path.name))  # never write a file that would not load

@@ -406,4 +406,8 @@ def run_prior_stage(params: Any, data_root: Path, out_dir: Path, progress: bool 
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
     os.replace(tmp, out_dir / "prior.json")
     log.info("prior: %s, mean AUROC %s over %d labels", summary["source"], summary["mean_auroc"], len(defined))
+    per_label = ", ".join(f"{k} {v:.2f}" for k, v in aurocs.items() if v != "n/a")
+    print(f"prior: {summary['source']}; test AUROC per label: {per_label}; mean {summary['mean_auroc']} over "
+          f"{len(defined)} labels (feature map {summary['feature_shape'][1]}x{summary['feature_shape'][2]})",
+          flush=True)
     return summary

@@ -90,12 +90,12 @@ def package_path(name: str) -> str:
 
 def profile_config(name: str, profile: str, **overrides):
     """The method's Config with its `<method dir>/profiles.yaml[profile]` values (+ overrides), validated."""
-    from pipeline.config import read_yaml
+    from pipeline.config import METHOD_PROFILE, read_yaml
     from pipeline.schema import build_dataclass
 
     cls = get(name)
     prof_file = package_dir(name) / "profiles.yaml"
-    values = (read_yaml(prof_file).get(profile) or {}) if prof_file.exists() else {}
+    values = (read_yaml(prof_file).get(METHOD_PROFILE.get(profile, profile)) or {}) if prof_file.exists() else {}
     values = {**values, **{k: v for k, v in overrides.items() if k in cls.Config.__dataclass_fields__}}
     return build_dataclass(cls.Config, values, f"{prof_file}[{profile}]")
 
