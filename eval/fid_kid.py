@@ -55,29 +55,29 @@ DIAGNOSTIC_SPACES = (CXR_EXTRACTOR,)  # spaces a method trains against: shown, l
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The cxr-densenet feature extractor (torch-fidelity interface)
+# Our two feature extractors (torch-fidelity interface): a network of ours on channel 0 mapped to [-1, 1]
 # --------------------------------------------------------------------------------------------------------------------
-class FeatureExtractorCxrDenseNet(FeatureExtractorBase):
-    """uint8 (B, 3, H, W) -> ((B, 1024) float32,): the prior's pooled features of channel 0 mapped to [-1, 1].
+class _CxrExtractor(FeatureExtractorBase):
+    """uint8 (B, 3, H, W) -> ((B, D) float32,): `self.net.pooled` of channel 0 (PIL replicated the gray channel)
+    mapped to [-1, 1] like every model here. torch-fidelity passes `feature_extractor_weights_path` (the network's
+    checkpoint) to the constructor; subclasses load it in `load`."""
 
-    torch-fidelity passes `feature_extractor_weights_path` (= the prior checkpoint) to the constructor. The prior
-    resizes to its own input size internally (256 px gives the paper's 1024x8x8 map).
-    """
+    LAYER = ""
+    WHAT = ""
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
         if not feature_extractor_weights_path:
-            raise ValueError("cxr-densenet needs feature_extractor_weights_path = the prior checkpoint")
-        self.prior = load_prior(str(feature_extractor_weights_path), device="cpu")  # frozen, eval mode
-        self.prior.requires_grad_(False).eval()
+            raise ValueError(f"{name} needs feature_extractor_weights_path = the {self.WHAT} checkpoint")
+        self.net = self.load(str(feature_extractor_weights_path))  # frozen, eval mode
 
-    @staticmethod
-    def get_provided_features_list():
-        return ("1024",)
+    @classmethod
+    def get_provided_features_list(cls):
+        return (cls.LAYER,)
 
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "1024"
+    @classmethod
+    def get_default_feature_layer_for_metric(cls, metric):
+        return cls.LAYER
 
     @staticmethod
     def can_be_compiled():
@@ -89,42 +89,31 @@ class FeatureExtractorCxrDenseNet(FeatureExtractorBase):
 
     def forward(self, x):
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"cxr-densenet expects uint8 Bx3xHxW, got {x.dtype} {tuple(x.shape)}")
-        gray = x[:, :1].float().div(127.5).sub(1.0)  # PIL replicated the gray channel; [-1, 1] like every model here
-        return (self.prior.pooled(gray).float(),)
+            raise ValueError(f"{self.name} expects uint8 Bx3xHxW, got {x.dtype} {tuple(x.shape)}")
+        return (self.net.pooled(x[:, :1].float().div(127.5).sub(1.0)).float(),)
 
 
-class FeatureExtractorCxrEvaluator(FeatureExtractorBase):
-    """uint8 (B, 3, H, W) -> ((B, D) float32,): the evaluator's pooled features of channel 0 mapped to [-1, 1]."""
+class FeatureExtractorCxrDenseNet(_CxrExtractor):
+    """The prior's pooled 1024-d DenseNet-121 features; the prior resizes to its own input size (256 px gives the
+    paper's 1024x8x8 map). Diagnostic only: ours trains against this network."""
 
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+    LAYER, WHAT = "1024", "prior"
+
+    @staticmethod
+    def load(path: str):
+        return load_prior(path, device="cpu").requires_grad_(False).eval()
+
+
+class FeatureExtractorCxrEvaluator(_CxrExtractor):
+    """The independent evaluator's pooled features (eval/evaluator.py): the headline space without Inception."""
+
+    LAYER, WHAT = "pooled", "evaluator"
+
+    @staticmethod
+    def load(path: str):
         from eval.evaluator import load_evaluator
 
-        super().__init__(name, features_list)
-        if not feature_extractor_weights_path:
-            raise ValueError("cxr-evaluator needs feature_extractor_weights_path = the evaluator checkpoint")
-        self.net = load_evaluator(str(feature_extractor_weights_path), device="cpu")
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("pooled",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "pooled"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
-
-    def forward(self, x):
-        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"cxr-evaluator expects uint8 Bx3xHxW, got {x.dtype} {tuple(x.shape)}")
-        return (self.net.pooled(x[:, :1].float().div(127.5).sub(1.0)).float(),)
+        return load_evaluator(path, device="cpu")
 
 
 _EXTRACTOR_CLASSES = {CXR_EXTRACTOR: FeatureExtractorCxrDenseNet, EVALUATOR_EXTRACTOR: FeatureExtractorCxrEvaluator}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import field
@@ -100,6 +101,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {_describe(value)}")
+        if not math.isfinite(value):  # a NaN passes every range check (all comparisons are false)
+            raise ConfigError(f"{where}: must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -92,6 +92,30 @@ def test_params_not_valid_yaml_names_the_line(project, capsys):
                    "the syntax there")
 
 
+@pytest.mark.parametrize("key,value", [("lr", float("nan")), ("lambda_a", float("inf"))])
+def test_params_non_finite_numbers_are_refused(project, capsys, key, value):
+    """A NaN passes every range check (each comparison is false): the first version trained with lr: .nan."""
+    msg = check_fails(project, capsys, lambda d: d["methods"]["cyclegan"].__setitem__(key, value),
+                      f"methods.cyclegan.{key}", "finite")
+    assert "must be a finite number" in msg
+
+
+def test_params_duplicate_key_is_refused(project, capsys):
+    root, path, _ = project
+    dup = root / "dup.yaml"
+    dup.write_text(path.read_text() + "profile: ci\n")  # the top-level key `profile` a second time
+    msg = cli_error(["--params", str(dup), "check"], capsys)
+    assert_one_line(msg, str(dup), "'profile' is given twice")
+
+
+def test_params_not_utf8_names_the_line(project, capsys):
+    root, path, _ = project
+    bad = root / "latin1.yaml"
+    bad.write_bytes(path.read_bytes().replace(b"profile: ci", b"profile: ci # caf\xe9", 1))
+    msg = cli_error(["--params", str(bad), "check"], capsys)
+    assert_one_line(msg, str(bad), "not UTF-8", "0xe9")
+
+
 def test_params_top_level_a_list(project, capsys):
     root, _, _ = project
     path = root / "list.yaml"
