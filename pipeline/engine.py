@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pipeline import distributed
 from pipeline.contract import Translator
 from pipeline.errors import CxrbenchError
-from pipeline.io import atomic_torch_save  # noqa: F401  (re-exported for the stages and tests)
+from pipeline.io import atomic_torch_save, write_json  # noqa: F401  (atomic_torch_save re-exported)
 
 log = logging.getLogger("cxrbench.engine")
 
@@ -214,6 +214,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
+STALE_DIR = "stale"  # checkpoints of other configurations, kept (never deleted)
+
+
+def _differences(then: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (as far as both are known)."""
+    if not isinstance(then, dict) or not isinstance(now, dict):
+        return [prefix or "(unknown: the checkpoint predates recorded settings)"] if then != now else []
+    out = []
+    for k in sorted(set(then) | set(now), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(then.get(k), dict) and isinstance(now.get(k), dict):
+            out += _differences(then[k], now[k], key)
+        elif then.get(k) != now.get(k):
+            out.append(f"{key}: {then.get(k)!r} -> {now.get(k)!r}")
+    return out
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -313,7 +330,8 @@ class Engine:
         self.label = label or translator.name
         self.loss_log = LossLog(curve_path if self.rank == 0 else None)
         self.step = 0
-        self._fingerprint = fingerprint({"fp": fingerprint_data, "seed": seed, "method": translator.name})
+        self._fingerprint_inputs = {"fp": fingerprint_data, "seed": seed, "method": translator.name}
+        self._fingerprint = fingerprint(self._fingerprint_inputs)
         self._grads: distributed.GradientAverager | None = None  # created by the first distributed backward()
         self.on_step: Callable[[int], None] | None = None  # test hook (fault injection)
 
@@ -339,6 +357,7 @@ class Engine:
             "version": 1,
             "step": self.step,
             "fingerprint": self._fingerprint,
+            "fingerprint_inputs": json.loads(json.dumps(self._fingerprint_inputs, default=str)),  # plain, for diffs
             "model": self.translator.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
@@ -365,10 +384,36 @@ class Engine:
         distributed.barrier()
         return path
 
+    def _set_aside(self, checkpoints: list[Path], state: dict[str, Any]) -> Path:
+        """Move checkpoints of another configuration to stale/<their fingerprint>/ with a note of what differs:
+        training is never deleted; changing the settings back restores them (see _restore_set_aside)."""
+        theirs = str(state.get("fingerprint") or "unknown")
+        aside = self.ckpt_dir / STALE_DIR / theirs
+        aside.mkdir(parents=True, exist_ok=True)
+        for p in checkpoints:
+            os.replace(p, aside / p.name)
+        differs = _differences(state.get("fingerprint_inputs"), self._fingerprint_inputs)
+        write_json(aside / "set_aside.json", {"fingerprint": theirs, "current_fingerprint": self._fingerprint,
+                                              "step": int(state.get("step", 0)), "differs": differs,
+                                              "how_to_go_back": "restore the settings listed in `differs`; the "
+                                                                "next run moves these checkpoints back"})
+        return aside
+
+    def _restore_set_aside(self) -> None:
+        """Checkpoints of this exact configuration set aside earlier come back (the settings were changed back)."""
+        aside = self.ckpt_dir / STALE_DIR / self._fingerprint
+        mine = list_checkpoints(aside)
+        if mine and not list_checkpoints(self.ckpt_dir):
+            for p in mine:
+                os.replace(p, self.ckpt_dir / p.name)
+            warnings.warn(f"resuming from checkpoints of this configuration that were set aside in {aside}",
+                          stacklevel=4)
+
     def _read_newest(self) -> tuple[dict[str, Any] | None, Path | None]:
         """The newest readable checkpoint of this exact configuration (None = fresh start); rank 0 only."""
         for stale in self.ckpt_dir.glob(".tmp-*") if self.ckpt_dir.is_dir() else []:
             stale.unlink(missing_ok=True)
+        self._restore_set_aside()
         checkpoints = list_checkpoints(self.ckpt_dir)
         # distributed: read on the CPU, then broadcast (a CUDA tensor pickled on rank 0 would land on cuda:0)
         where = self.device if self.world_size == 1 else "cpu"
@@ -380,10 +425,10 @@ class Engine:
                               stacklevel=3)
                 continue
             if state.get("fingerprint") != self._fingerprint:
-                warnings.warn(f"checkpoints in {self.ckpt_dir} belong to another configuration; starting afresh",
-                              stacklevel=3)
-                for p in checkpoints:
-                    p.unlink(missing_ok=True)
+                aside = self._set_aside(checkpoints, state)
+                warnings.warn(f"checkpoints in {self.ckpt_dir} belong to another configuration (moved to {aside}, "
+                              "with what differs in set_aside.json; set those values back to resume them); "
+                              "starting afresh", stacklevel=3)
                 return None, None
             return state, path
         return None, None

@@ -1,6 +1,8 @@
 """The training engine: stateless sampling, exact resume (in-process and after SIGKILL), guards, checkpoints."""
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import subprocess
@@ -118,7 +120,30 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     eng.optimizers, eng.schedulers = t.configure_optimizers(10)
     with pytest.warns(UserWarning, match="another configuration"):
         assert eng.try_resume() == 0
-    assert list_checkpoints(tmp_path) == []
+    assert list_checkpoints(tmp_path) == []  # not resumed, and not deleted either: set aside
+
+
+def test_changed_then_changed_back_settings_resume_the_set_aside_checkpoints(tmp_path):
+    """Training is never deleted: checkpoints of another configuration move to stale/<fingerprint>/ with what
+    differs; changing the value back brings them back and training resumes from them."""
+    _train(tmp_path, 10, stop_after=7, fp={"lr": 1})
+    kept = [p.name for p in list_checkpoints(tmp_path)]
+    seed_everything(3)
+    t = ToyTranslator()
+    eng = Engine(t, _settings(10), tmp_path, seed=3, fingerprint_data={"lr": 2})
+    eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    with pytest.warns(UserWarning, match="moved to"):
+        assert eng.try_resume() == 0
+    (aside,) = (tmp_path / "stale").iterdir()
+    assert [p.name for p in list_checkpoints(aside)] == kept
+    note = json.loads((aside / "set_aside.json").read_text())
+    assert note["differs"] == ["fp.lr: 1 -> 2"] and note["step"] == 6
+    t = ToyTranslator()
+    eng = Engine(t, _settings(10), tmp_path, seed=3, fingerprint_data={"lr": 1})  # changed back
+    eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    with pytest.warns(UserWarning, match="set aside"):
+        assert eng.try_resume() == 6
+    assert [p.name for p in list_checkpoints(tmp_path)] == kept
 
 
 def test_keeps_only_the_newest_checkpoints(tmp_path):

@@ -64,7 +64,8 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
         translator = build_translator(params, model)
         fp = {"cfg": to_plain(cfg), "train": to_plain(params.train), "resolution": params.data.resolution,
               "data": data_hash, "code": code_hash}
-        for k in ("progress", "num_workers", "threads", "device", "log_every"):
+        # settings that do not change the trained weights stay out of the fingerprint: changing them resumes
+        for k in ("progress", "num_workers", "threads", "device", "log_every", "keep_checkpoints", "checkpoint_every"):
             fp["train"].pop(k, None)
         with tracking.stage_run("train", model=model, seed=seed, profile=params.profile,
                                 params={"method": entry.method, "cfg": to_plain(cfg), "train": to_plain(params.train),
