@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
 import pipeline  # noqa: F401  (offline switches before torch-fidelity is imported)
 from torch_fidelity.datasets import ImagesPathDataset
@@ -386,7 +387,7 @@ def fid_kid_interval(gens: list[np.ndarray], ref: np.ndarray, groups: int = 50, 
             k_v += _jackknife_var(k_loo)
         fid_vars.append(f_v)
         kid_vars.append(k_v)
-    z = float(sps_norm_ppf(0.5 + level / 2))
+    z = float(norm.ppf(0.5 + level / 2))
     out: dict[str, Any] = {"groups": len(g_groups), "level": level, "n_generated": n, "n_reference": m, "seeds": s,
                            "method": "grouped jackknife over the images of both sets (normal interval)"
                                      + (" + spread over seeds" if s > 1 else "")
@@ -397,12 +398,6 @@ def fid_kid_interval(gens: list[np.ndarray], ref: np.ndarray, groups: int = 50, 
         se = var ** 0.5
         out[key] = {"mean": point, "lo": point - z * se, "hi": point + z * se, "se": se}
     return out
-
-
-def sps_norm_ppf(q: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(q))
 
 
 def metrics_from_features(f_gen: np.ndarray, f_ref: np.ndarray, kid_subsets: int = 100, kid_subset_size: int = 1000,

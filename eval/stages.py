@@ -30,7 +30,7 @@ from eval import segmentation as seg
 from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, load_mask, load_original,
                        pick_device, read_pngs, scored_rows, train_rows)
 from eval.references import REFERENCE_SEED, REFERENCES
-from eval.stats import average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
+from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
 from pipeline.config import Params
 from pipeline.stages.common import Layout, set_threads, write_json
 
@@ -666,7 +666,7 @@ def run_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
         batch_size=ev.evaluator_batch_size, lr=ev.evaluator_lr, seed=ev.evaluator_seed, device=device)
     probs = evmod.predict(net, load_original(ds, test), device, ev.batch_size)
     aurocs = per_label_auroc(probs[:, :len(NIH14)], label_matrix(test))
-    domain_auroc = stats_auroc(probs[:, -1], (test["domain"] == "opacity").to_numpy())
+    domain_auroc = auroc(probs[:, -1], (test["domain"] == "opacity").to_numpy())
     defined = [v for v in aurocs.values() if v != "n/a"]
     mean = float(np.mean(defined)) if defined else None
     summary = {"stage": "evaluator", "arch": ev.evaluator_arch, "input_size": ev.evaluator_input_size,
@@ -683,12 +683,6 @@ def run_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
           f"{'n/a' if mean is None else f'{mean:.3f}'} over {len(defined)} labels (floor {ev.floor_evaluator_auroc}), "
           f"opacity-domain AUROC {domain_auroc if domain_auroc is None else round(domain_auroc, 3)}", flush=True)
     return summary
-
-
-def stats_auroc(scores, labels):
-    from eval.stats import auroc
-
-    return auroc(scores, labels)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Small statistics shared by the evaluators: seed averages, confusion-matrix scores, rank AUROC, Wilcoxon.
+"""Small statistics shared by the evaluators: seed averages, confusion-matrix scores, the exact Wilcoxon
+signed-rank test, bootstrap intervals and paired differences. The AUROC is the core's (pipeline.prior.auroc),
+re-exported here so that the whole project has one.
 
 Every function takes plain numpy arrays / lists and returns plain Python numbers (JSON-ready). Conventions that a
 reader of a table needs are stated where they are decided (zero-division, ties, all-zero differences).
@@ -10,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from scipy import stats as sps
+
+from pipeline.prior import auroc  # noqa: F401  (the one AUROC: rank statistic, ties count one half)
 
 
 def mean_std(values: Iterable[float | None]) -> dict[str, Any]:
@@ -51,32 +55,9 @@ def binary_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Ranking
-# --------------------------------------------------------------------------------------------------------------------
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve = P(score of a positive > score of a negative) + 0.5 P(tie) (Mann-Whitney U / n1 n0).
-
-    Computed from average ranks, so ties count one half. None when one class is absent.
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).astype(bool).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = sps.rankdata(s)  # average ranks for ties
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Paired test: Wilcoxon signed-rank, exact under ties and zeros
 # --------------------------------------------------------------------------------------------------------------------
 EXACT_MAX_N = 1000  # exact null distribution up to this many non-zero differences (DP over n^2 states), else normal
-
-
-def _midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values get the mean of the ranks they span."""
-    return sps.rankdata(x)
 
 
 def signed_rank_null(doubled_ranks: np.ndarray) -> np.ndarray:
@@ -123,7 +104,7 @@ def wilcoxon_paired(before: Sequence[float], after: Sequence[float]) -> dict[str
     if len(nz) == 0:
         out["note"] = "all paired differences are zero: the signed-rank test is undefined (no change detected)"
         return out
-    ranks = _midranks(np.abs(nz))
+    ranks = sps.rankdata(np.abs(nz))  # mid-ranks: tied values share the mean of the ranks they span
     w_plus = float(ranks[nz > 0].sum())
     out["statistic"] = w_plus  # W+ = sum of the ranks of the positive differences (before > after)
     if len(nz) <= EXACT_MAX_N:

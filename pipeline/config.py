@@ -154,7 +154,11 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: line {line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x}); fix that byte or "
                           "re-save the file as UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+        loader = _UniqueKeyLoader(text)  # what yaml.load does, with the SafeLoader subclass above
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -436,6 +436,10 @@ def test_missing_models_and_files_give_reasons_not_numbers(ci_project):
     assert len(t3) == 6 and t3["ours_fa"]["status"] == "not run in profile ci" and t3["ours_none"]["status"] == "ok"
     md = (root / "reports" / "tables" / "table1.md").read_text()
     assert "not run in profile ci" in md
+    from reports.inputs import SMOKE_LINE  # a smoke profile says so on top, before any number
+
+    index = (root / "reports" / "README.md").read_text().splitlines()
+    assert index[2] == SMOKE_LINE and SMOKE_LINE in md
     assert "| MUNIT | — | — |" in md  # a dash, never a zero
     fig3 = np.asarray(Image.open(root / "reports" / "figures" / "figure3_qualitative.png").convert("L"))
     assert fig3.std() > 10
