@@ -112,12 +112,18 @@ def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path):
         assert eng.try_resume() == 3
 
 
-def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
-    _train(tmp_path, 10, stop_after=7, fp={"lr": 1})
+def _engine_for_resume(ckpt_dir, fp) -> Engine:
+    """A fresh toy engine (seed 3, 10 iterations) over `ckpt_dir` with fingerprint data `fp`, ready to try_resume."""
     seed_everything(3)
     t = ToyTranslator()
-    eng = Engine(t, _settings(10), tmp_path, seed=3, fingerprint_data={"lr": 2})
+    eng = Engine(t, _settings(10), ckpt_dir, seed=3, fingerprint_data=fp)
     eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    return eng
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
+    _train(tmp_path, 10, stop_after=7, fp={"lr": 1})
+    eng = _engine_for_resume(tmp_path, {"lr": 2})
     with pytest.warns(UserWarning, match="another configuration"):
         assert eng.try_resume() == 0
     assert list_checkpoints(tmp_path) == []  # not resumed, and not deleted either: set aside
@@ -128,19 +134,14 @@ def test_changed_then_changed_back_settings_resume_the_set_aside_checkpoints(tmp
     differs; changing the value back brings them back and training resumes from them."""
     _train(tmp_path, 10, stop_after=7, fp={"lr": 1})
     kept = [p.name for p in list_checkpoints(tmp_path)]
-    seed_everything(3)
-    t = ToyTranslator()
-    eng = Engine(t, _settings(10), tmp_path, seed=3, fingerprint_data={"lr": 2})
-    eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    eng = _engine_for_resume(tmp_path, {"lr": 2})
     with pytest.warns(UserWarning, match="moved to"):
         assert eng.try_resume() == 0
     (aside,) = (tmp_path / "stale").iterdir()
     assert [p.name for p in list_checkpoints(aside)] == kept
     note = json.loads((aside / "set_aside.json").read_text())
     assert note["differs"] == ["fp.lr: 1 -> 2"] and note["step"] == 6
-    t = ToyTranslator()
-    eng = Engine(t, _settings(10), tmp_path, seed=3, fingerprint_data={"lr": 1})  # changed back
-    eng.optimizers, eng.schedulers = t.configure_optimizers(10)
+    eng = _engine_for_resume(tmp_path, {"lr": 1})  # changed back
     with pytest.warns(UserWarning, match="set aside"):
         assert eng.try_resume() == 6
     assert [p.name for p in list_checkpoints(tmp_path)] == kept
