@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eval.sets import EvalError, to_model_range
-from eval.stats import binary_scores
+from eval.stats import auroc, binary_scores
 
 ARCHITECTURES = ("resnet50", "mobilenetv3_large_100", "efficientnet_b0", "densenet121")
 DISPLAY = {"resnet50": "ResNet-50", "mobilenetv3_large_100": "MobileNet", "efficientnet_b0": "EfficientNet-B0",
@@ -76,15 +76,26 @@ def train_classifier(arch: str, images: np.ndarray, labels: np.ndarray, *, itera
 
 
 @torch.no_grad()
+def predict_scores(model: nn.Module, images: np.ndarray, device: torch.device,
+                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W) -> (predicted labels (N,) = arg-max of the two logits, opacity score (N,) = logit difference)."""
+    logits = []
+    for start in range(0, len(images), batch_size):
+        logits.append(model(to_model_range(images[start:start + batch_size]).to(device)).float().detach().cpu().numpy())
+    if not logits:
+        return np.zeros(0, np.int64), np.zeros(0)
+    z = np.concatenate(logits)
+    return z.argmax(1), z[:, 1] - z[:, 0]
+
+
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32) -> np.ndarray:
     """uint8 (N, H, W) -> predicted labels (N,) (arg-max of the two logits)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        out.append(model(to_model_range(images[start:start + batch_size]).to(device)).argmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    return predict_scores(model, images, device, batch_size)[0]
 
 
 def score(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
           batch_size: int = 32) -> dict[str, Any]:
-    """Acc, F1, recall, precision (+ confusion counts) on a labelled test set."""
-    return binary_scores(np.asarray(labels), predict(model, images, device, batch_size))
+    """Acc, F1, recall, precision (+ confusion counts) on a labelled test set, and the AUROC of the opacity score
+    (the classifier's competence: threshold-free)."""
+    pred, opacity_score = predict_scores(model, images, device, batch_size)
+    return {**binary_scores(np.asarray(labels), pred), "auroc": auroc(opacity_score, np.asarray(labels))}

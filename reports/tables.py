@@ -230,6 +230,11 @@ def competence_rows(inp: Inputs) -> list[dict[str, Any]]:
         add(f"segmenter {SEGMENTER_NAMES.get(name, name)}", "segmentation (Table 1)", comp.get("value"),
             ev.floor_segmenter_miou, comp.get("measure", "mIoU on clean normal test images"),
             "missing competence in models/segmenters/segmenters.json: run `dvc repro segmenters`")
+    cls = inp.read("classifiers", ORIGINAL)
+    for arch in ev.classifiers:
+        add(f"classifier {CLASSIFIER_NAMES.get(arch, arch)}", "Table 2", dig(cls, "results", arch, "rsna_like", "auroc"),
+            ev.floor_classifier_auroc, "AUROC of the Original classifier on the rsna_like test set",
+            "no AUROC in metrics/classifiers/original.json: run `dvc repro classifiers`")
     dtj = inp.model_json("models/detector/detector.json")
     add("detector", "lesion counts (Figure 6)", dig(dtj, "val_metrics", "metrics/mAP50(B)"), ev.floor_detector_map50,
         "mAP50 on the opacity validation images", "missing models/detector/detector.json: run `dvc repro detector`")

@@ -67,3 +67,22 @@ def test_train_and_predict():
     with pytest.raises(Exception, match="both opacity and normal"):
         cm.train_classifier("resnet50", images, np.zeros(6), iterations=1, batch_size=2, lr=1e-3, seed=0,
                             device=torch.device("cpu"))
+
+
+def test_score_reports_the_auroc_of_the_opacity_logit_margin():
+    """The classifier's competence is threshold-free: AUROC of logit(opacity) - logit(normal), counted by hand."""
+
+    class Fixed(torch.nn.Module):  # logit margin = mean intensity of the image in [-1, 1]
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([-m, m], dim=1)
+
+    levels = np.array([10, 200, 60, 220, 120, 90], np.uint8)
+    images = np.repeat(levels[:, None, None], 8, axis=1).repeat(8, axis=2)
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    s = cm.score(Fixed(), images, labels, torch.device("cpu"))
+    # positives 200, 220, 120 vs negatives 10, 60, 90: every pair ordered correctly -> 9 / 9
+    assert s["auroc"] == pytest.approx(1.0) and s["acc"] == pytest.approx(5 / 6)  # 120 falls below the 0 margin
+    s = cm.score(Fixed(), images, np.array([0, 1, 1, 0, 1, 0]), torch.device("cpu"))
+    # positives 200, 60, 120 vs negatives 10, 220, 90: pairs won 2 + 1 + 2 = 5 of 9
+    assert s["auroc"] == pytest.approx(5 / 9)
