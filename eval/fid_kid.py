@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from pipeline.io import atomic_write
 from pipeline.prior import load_prior
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -261,12 +261,7 @@ def cached_features(paths: list[Path], extractor: Extractor, cache_file: Path | 
             pass
     feats = extract_features(paths, extractor, batch_size)
     if cache_file is not None and write:
-        cache_file = Path(cache_file)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".tmp-{cache_file.name}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, features=feats, key=np.array(key))
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, lambda fh: np.savez(fh, features=feats, key=np.array(key)))
     return feats, "miss"
 
 

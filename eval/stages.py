@@ -16,6 +16,7 @@ or "original" for the untranslated rows. Every number carries N, the seeds and t
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_r
 from eval.references import REFERENCE_SEED, REFERENCES
 from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
 from pipeline.config import Params
+from pipeline.io import atomic_write
 from pipeline.stages.common import Layout, set_threads, write_json
 
 # Tables 1 and 3: translated opacity test images vs real normal test images of the RSNA(-like) set
@@ -55,16 +57,14 @@ def _translations(layout: Layout, params: Params, model: str) -> dict[int, Trans
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    atomic_write(path, text.getvalue())  # the one atomic writer
 
 
 def _finish(params: Params, layout: Layout, stage: str, name: str, result: dict[str, Any],
