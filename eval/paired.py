@@ -158,6 +158,7 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
         iou, level = best_iou_from_levels(pos, neg)
         out["mask_auroc"] = auroc_from_levels(pos, neg)
         out["mask_best_iou"] = iou
+        out["mean_mask"] = float(to_unit(masks).mean())  # the mask's area on opacity images (vs normals: Eq. 4)
         out["mask_best_threshold"] = None if level is None else level / 255.0
     return out
 

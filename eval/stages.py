@@ -538,7 +538,7 @@ def _table_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 # Paired DRR metrics
 # --------------------------------------------------------------------------------------------------------------------
 PAIRED_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "mask_auroc",
-               "mask_best_iou")
+               "mask_best_iou", "mean_mask")
 
 
 PER_IMAGE_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "psnr_after")

@@ -2,7 +2,11 @@
 
 Conventions: masks are (B, 1, H, W) in [0, 1] after `normalise_mask`; images (B, C, H, W) in [-1, 1]; prior
 features (B, 1024, h, w); prior logits (B, 14). Every loss returns a scalar tensor. `reduction` is how the pixel
-sums printed in Eq. 2-4 are taken per image: "mean" (default) or "sum" (literal; see ours/README.md for why mean).
+sums printed in Eq. 2-4 are taken per image (ours/README.md, "Reading of the equations"):
+  "mean"  every sum divided by the pixel count H W (Eq. 2 then caps the mask's area fraction, softly);
+  "sum"   literal pixel sums (Eq. 2 is then zero only for a mask with under one pixel of activation in total);
+  "acl"   ACL-GAN's focus-loss code, which Eq. 2-3 modify: Eq. 2 as ReLU(sum_m (m - F_upper))^2 / (H W)
+          = H W ReLU(mean(m) - F_upper)^2 (a hard cap on the area fraction), Eq. 3 and 4 as means.
 """
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "acl"]
 
 
 def _per_image(x: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """(B, ...) -> (B,): the pixel sum of Eq. 2-4 as a sum, or divided by the pixel count (mean)."""
+    """(B, ...) -> (B,): the pixel sum of Eq. 2-4 as a sum ("sum"), or divided by the pixel count ("mean", "acl")."""
     flat = x.flatten(1)
     return flat.sum(1) if reduction == "sum" else flat.mean(1)
 
@@ -37,8 +41,23 @@ def p_upper(mask: torch.Tensor, f_upper: float = 0.75, reduction: Reduction = "m
     """Eq. 2: P_upper = ReLU(sum_m m - F_upper)^2 per image, averaged over the batch.
 
     With reduction="mean" the sum is the mask's mean activation (its area fraction): penalise area above F_upper.
+    With "acl" (ACL-GAN's size term, sum of (m - F_upper), squared, over the pixel count): H W times the "mean"
+    value, so the cap binds at the scale of the other per-pixel terms.
     """
+    if reduction == "acl":
+        n_pixels = mask[0].numel()
+        return (F.relu(mask.float().flatten(1).mean(1) - f_upper).pow(2) * n_pixels).mean()
     return F.relu(_per_image(mask.float(), reduction) - f_upper).pow(2).mean()
+
+
+def p_lower(mask: torch.Tensor, f_lower: float = 0.0, reduction: Reduction = "mean") -> torch.Tensor:
+    """Not in the paper: ACL-GAN's lower size bound, the mirror of Eq. 2, ReLU(F_lower - area)^2 per image (same
+    reductions as `p_upper`). The paper drops it (F_lower = 0: off); `ours/README.md` says why we offer it back."""
+    area = mask.float().flatten(1).mean(1)
+    scale = mask[0].numel() if reduction == "acl" else 1.0
+    if reduction == "sum":
+        area, f_lower = area * mask[0].numel(), f_lower * mask[0].numel()
+    return (F.relu(f_lower - area).pow(2) * scale).mean()
 
 
 def p_repul(mask: torch.Tensor, f_central: float = 0.1, f_height: float = 0.2, eps: float = 0.01,

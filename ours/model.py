@@ -23,10 +23,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ours.losses import (blend, l_bam, l_classifier, l_structural, l_style, l_total, lsgan, normalise_mask, p_repul,
-                         p_upper)
+from ours.losses import (blend, l_bam, l_classifier, l_feature, l_structural, l_style, l_total, lsgan, normalise_mask,
+                         p_lower, p_repul, p_upper)
 from ours.networks import MaskGenerator, MultiScaleDiscriminator, init_weights
-from pipeline.contract import Translation, Translator
+from pipeline.contract import Probe, Translation, Translator, mask_diagnostics
 from pipeline.data.canonical import OPACITY_LABELS as CANONICAL_OPACITY_LABELS
 from pipeline.offline import PROJECT_ROOT
 from pipeline.prior import NIH14, PriorError, PriorNet, freeze, load_prior
@@ -59,12 +59,15 @@ class OursConfig:
                               doc="adversarial-consistency term inside L_adv (ACL-GAN gan_cw / gan_w = 0.2 / 1)")
     # --- AASPM (Eq. 2-4) -------------------------------------------------------------------------------------------
     f_upper: float = param(0.75, source="paper", doc="Eq. 2")
+    f_lower: float = param(0.0, min=0.0, max=1.0, source="official",
+                           doc="lower bound of the mask's area on images to translate (ACL-GAN's focus_lower, 0.3 "
+                               "there); the paper has none: 0 = off")
     f_central: float = param(0.1, source="paper", doc="Eq. 3")
     f_height: float = param(0.2, source="paper", doc="Eq. 3")
     eps: float = param(0.01, min=0.0, source="paper", doc="Eq. 3")
-    reduction: Literal["mean", "sum"] = param("mean", source="assumed",
-                                              doc="per-image pixel reduction of Eq. 2-4 (printed as sums; with "
-                                                  "F_upper = 0.75 only a mean is meaningful)")
+    reduction: Literal["mean", "sum", "acl"] = param("mean", source="assumed",
+                                                     doc="per-image pixel reduction of Eq. 2-4 (printed as sums; "
+                                                         "mean | sum | acl: ACL-GAN's focus-loss code, see README)")
     bam_fraction: float = param(0.5, min=0.0, max=1.0, source="assumed",
                                 doc="size of the random subset D' of the other domain added to each generator's "
                                     "batch for Eq. 4, as a fraction of the batch (at least 1 image)")
@@ -284,6 +287,8 @@ class Ours(Translator):
         if cfg.aaspm:  # Eq. 2-3 on the inter-domain masks (G_A on opacity images; G_B on normals when symmetric)
             masks = torch.cat([o["mask_ab"], o["mask_ba"]]) if sym else o["mask_ab"]
             terms["p_upper"] = p_upper(masks, cfg.f_upper, cfg.reduction)
+            if cfg.f_lower > 0:  # not in the paper (ACL-GAN's lower size bound); counted with P_upper in Eq. 8
+                terms["p_upper"] = terms["p_upper"] + p_lower(masks, cfg.f_lower, cfg.reduction)
             terms["p_repul"] = p_repul(masks, cfg.f_central, cfg.f_height, cfg.eps, cfg.reduction)
         if cfg.bam:  # Eq. 4 for G_A on D_Opacity+ = x_a + a subset of x_b, and by symmetry for G_B
             g_b_usual = o["mask_ba"] if sym else o["mask_aba"]  # G_B's inputs that do need translating
@@ -354,6 +359,39 @@ class Ours(Translator):
         logged = dict(terms, total=total, d_total=d_total, **d_terms,
                       mask_area_opacity=o["mask_ab"].mean(), mask_area_normal=o["mask_bb"].mean())
         return {k: v.item() for k, v in logged.items()}
+
+    # --- diagnostics (logged every log_every steps on the engine's fixed validation batch) -----------------------
+    def diagnostics(self, probe: Probe) -> dict[str, float]:
+        """The mask's behaviour (area on opacity vs normal images, AUROC and IoU against the true opacity mask) and
+        how hard each term of Eq. 8 pulls on G_A's mask head."""
+        return {**mask_diagnostics(self, probe), **self.mask_gradient_ratios(probe.a[:4], probe.b[:4])}
+
+    def mask_gradient_ratios(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
+        """Norm of each weighted Eq. 8 term's gradient at G_A's mask head (the mask row of its last conv), divided by
+        the adversarial term's: diag_grad_<term> (diag_grad_adv is the adversarial norm itself). A ratio of 1e-3
+        means the term cannot move the mask against the adversarial pull; 1e3 means it alone decides it."""
+        c = self.cfg
+        head = self.gen_a.to_output[0].weight  # (C + 1, dim, 7, 7): rows C.. produce the mask
+        terms = self.generator_terms(real_a, real_b)
+        zero = head.new_zeros(())
+        weighted = {"adv": c.lambda_adv * (terms["adv_gan"] + c.acl_weight * terms["adv_acl"]),
+                    "rec": c.lambda_rec * terms["rec"]}
+        if c.aaspm:
+            weighted["p_upper"] = c.lambda_penalties * terms["p_upper"]
+            weighted["p_repul"] = c.lambda_penalties * terms["p_repul"]
+        if c.bam:
+            weighted["bam"] = c.lambda_bam * terms["bam"]
+        if c.fa:
+            weighted["feature"] = c.lambda_feature * l_feature(terms["structural"], terms["style"], c.lambda_style)
+        if c.lca:
+            weighted["classifier"] = c.lambda_classifier * terms.get("classifier", zero)
+        norms = {}
+        for name, value in weighted.items():
+            grad = (torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)[0]
+                    if value.requires_grad else None)
+            norms[name] = 0.0 if grad is None else float(grad[self.in_channels:].norm())
+        adv = norms.pop("adv")
+        return {"diag_grad_adv": adv, **{f"diag_grad_{k}": v / max(adv, 1e-30) for k, v in norms.items()}}
 
     # --- inference -------------------------------------------------------------------------------------------------
     def _inference(self, gen: MaskGenerator, x: torch.Tensor) -> Translation:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from pipeline.prior import auroc  # the one AUROC
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.engine import Engine
 
@@ -32,6 +34,51 @@ class Translation:
 
     image: torch.Tensor
     mask: torch.Tensor | None = None
+
+
+@dataclass
+class Probe:
+    """A fixed validation batch for the training diagnostics, logged every `log_every` steps beside the losses.
+
+    a: (N, 1, H, W) opacity images in [-1, 1]; opacity: (N, 1, H, W) bool true opacity masks of those images, or None
+    when the dataset has none; b: (M, 1, H, W) normal images in [-1, 1]. All on the training device.
+    """
+
+    a: torch.Tensor
+    opacity: torch.Tensor | None
+    b: torch.Tensor
+
+    def to(self, device: torch.device) -> "Probe":
+        return Probe(self.a.to(device), None if self.opacity is None else self.opacity.to(device), self.b.to(device))
+
+
+def mask_diagnostics(translator: "Translator", probe: Probe) -> dict[str, float]:
+    """What a translator's activation mask does on the probe (eval mode; the caller isolates the RNG):
+
+    diag_mask_area_opacity / diag_mask_area_normal   mean mask value on the opacity / normal images;
+    diag_mask_auroc  mean over opacity images (with some opacity) of the per-image AUROC of the mask against the true
+                     opacity mask (does the mask rank opacity pixels above the rest? 0.5 = chance);
+    diag_mask_iou    mean IoU of mask > 0.5 with the true opacity mask (0 when both are empty counts as 1).
+    """
+    was_training = translator.training
+    translator.eval()
+    try:
+        mask_a = translator.translate(probe.a).mask
+        mask_b = translator.translate(probe.b).mask
+    finally:
+        translator.train(was_training)
+    out = {"diag_mask_area_opacity": float(mask_a.float().mean()), "diag_mask_area_normal": float(mask_b.float().mean())}
+    if probe.opacity is not None:
+        scores = mask_a.float().flatten(1).cpu().numpy()
+        truth = probe.opacity.flatten(1).cpu().numpy()
+        per_image = [auroc(s, t) for s, t in zip(scores, truth)]
+        per_image = [v for v in per_image if v is not None]
+        if per_image:
+            out["diag_mask_auroc"] = float(sum(per_image) / len(per_image))
+        pred = scores > 0.5
+        inter, union = (pred & truth).sum(1), (pred | truth).sum(1)
+        out["diag_mask_iou"] = float(((inter + (union == 0)) / union.clip(min=1)).mean())
+    return out
 
 
 class ContractError(TypeError):
@@ -85,6 +132,12 @@ class Translator(nn.Module):
     def translate_b2a(self, x: torch.Tensor) -> Translation:
         """Normal (B) -> opacity (A). Used by the Table 2 'Generated' classifiers (both directions)."""
         raise NotImplementedError(f"{self.name} does not translate B -> A")
+
+    # --- diagnostics ------------------------------------------------------------------------------------------
+    def diagnostics(self, probe: Probe) -> dict[str, float]:
+        """Curves logged every `log_every` steps on a fixed validation batch (the engine isolates the RNG, so
+        diagnostics never change training). Default: `mask_diagnostics` for methods with a mask, else nothing."""
+        return mask_diagnostics(self, probe) if self.has_mask else {}
 
     # --- state beyond parameters and buffers (image pools, EMA, counters) --------------------------------------
     def extra_state(self) -> dict[str, Any]:

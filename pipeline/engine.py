@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import distributed
-from pipeline.contract import Translator
+from pipeline.contract import Probe, Translator
 from pipeline.errors import CxrbenchError
-from pipeline.io import atomic_torch_save, write_json  # noqa: F401  (atomic_torch_save re-exported)
+from pipeline.io import atomic_torch_save, atomic_write, write_json  # noqa: F401  (atomic_torch_save re-exported)
 
 log = logging.getLogger("cxrbench.engine")
 
@@ -263,12 +263,8 @@ class LossLog:
             return
         keys = ["step"] + sorted({k for r in self.rows for k in r if k != "step"})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".tmp-{self.path.name}")
-        with open(tmp, "w") as fh:
-            fh.write(",".join(keys) + "\n")
-            for r in self.rows:
-                fh.write(",".join(_fmt(r.get(k)) for k in keys) + "\n")
-        os.replace(tmp, self.path)
+        lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in self.rows]
+        atomic_write(self.path, "\n".join(lines) + "\n")
 
 
 def _fmt(v: Any) -> str:
@@ -316,7 +312,7 @@ class Engine:
 
     def __init__(self, translator: Translator, settings: EngineSettings, ckpt_dir: Path, seed: int,
                  curve_path: Path | None = None, tracker: Any = None, fingerprint_data: Any = None,
-                 label: str = ""):
+                 label: str = "", probe: Probe | None = None):
         self.translator = translator
         self.settings = settings
         self.ckpt_dir = Path(ckpt_dir)
@@ -334,6 +330,7 @@ class Engine:
         self._fingerprint = fingerprint(self._fingerprint_inputs)
         self._grads: distributed.GradientAverager | None = None  # created by the first distributed backward()
         self.on_step: Callable[[int], None] | None = None  # test hook (fault injection)
+        self.probe = probe  # fixed validation batch: translator.diagnostics() is logged with the losses (rank 0)
 
     # --- API used by translators ---------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
@@ -472,6 +469,15 @@ class Engine:
             print(f"[cxrbench] resuming {self.label} from {path} at step {self.step}", file=sys.stderr, flush=True)
         return self.step
 
+    def diagnostics(self) -> dict[str, float]:
+        """translator.diagnostics() on the probe, on rank 0, with the RNG state saved and restored around it: the
+        diagnostics draw random numbers (style codes, subsets) but never change what training draws next."""
+        if self.probe is None or self.rank != 0:
+            return {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return {k: float(v) for k, v in self.translator.diagnostics(self.probe.to(self.device)).items()}
+
     # --- the loop --------------------------------------------------------------------------------------------------
     def fit(self, images_a: np.ndarray, images_b: np.ndarray) -> dict[str, float]:
         s = self.settings
@@ -527,7 +533,7 @@ class Engine:
                     window.clear()
                     lr = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
                     rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)
-                    row = {"step": float(self.step), **last, **lr, "it_per_s": rate}
+                    row = {"step": float(self.step), **last, **lr, "it_per_s": rate, **self.diagnostics()}
                     self.loss_log.append(row)
                     if self.tracker is not None:
                         self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=self.step)
@@ -573,7 +579,4 @@ def export_weights(translator: Translator, path: Path, meta: dict[str, Any]) -> 
     keep = set(translator.inference_modules())
     state = {k: v for k, v in translator.state_dict().items() if k.split(".", 1)[0] in keep}
     atomic_torch_save(state, path)
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".tmp-{sidecar.name}")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, sidecar)
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str))

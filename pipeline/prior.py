@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 import warnings
@@ -36,6 +35,7 @@ from torch import nn
 
 from pipeline.data.canonical import NIH14  # the head's output order: CheXNet / ChestX-ray14
 from pipeline.errors import CxrbenchError
+from pipeline.io import write_json
 
 log = logging.getLogger("cxrbench.prior")
 
@@ -402,9 +402,7 @@ def run_prior_stage(params: Any, data_root: Path, out_dir: Path, progress: bool 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_prior(net.cpu(), out_dir / "prior.pt", summary)
-    tmp = out_dir / ".tmp-prior.json"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / "prior.json")
+    write_json(out_dir / "prior.json", summary)
     log.info("prior: %s, mean AUROC %s over %d labels", summary["source"], summary["mean_auroc"], len(defined))
     per_label = ", ".join(f"{k} {v:.2f}" for k, v in aurocs.items() if v != "n/a")
     print(f"prior: {summary['source']}; test AUROC per label: {per_label}; mean {summary['mean_auroc']} over "

@@ -47,6 +47,9 @@ FIGURE_INDEX = {
     "figure6_lesions.png": "Paper Figure 6: box plots of lesion detections per image, original vs translated, "
                            "rsna_like and ards_like, with one-sided Wilcoxon p-values.",
     "training_curves.png": "Training losses of every model (curves/<model>/seed<k>.csv).",
+    "training_mask_diagnostics.png": "Does ours' mask find the opacity while it trains? Mask AUROC/IoU against the "
+                                     "true opacity and mean mask on opacity vs normal validation images; each "
+                                     "Eq. 8 term's pull on the mask head relative to the adversarial term's.",
 }
 STAGES = ("train", "translate", "fidkid", "segment", "lesions", "paired", "classifiers")
 

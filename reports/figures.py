@@ -408,7 +408,7 @@ NOT_LOSSES = ("step", "it_per_s")
 
 def loss_terms(columns) -> list[str]:
     """The loss columns of a curve file, totals first (they summarise the rest), then alphabetical."""
-    keys = [c for c in columns if c not in NOT_LOSSES and not c.startswith("lr_")]
+    keys = [c for c in columns if c not in NOT_LOSSES and not c.startswith(("lr_", "diag_"))]
     return sorted(keys, key=lambda k: (0 if "total" in k else 1, k))
 
 
@@ -475,5 +475,58 @@ def figure_training(inp: Inputs, out: Path) -> Path:
         return _save(fig, out)
 
 
+MASK_CURVES = ("diag_mask_auroc", "diag_mask_iou", "diag_mask_area_opacity", "diag_mask_area_normal")
+
+
+def figure_mask_diagnostics(inp: Inputs, out: Path) -> Path:
+    """Per model with logged mask diagnostics (ours): left, what the mask does on the validation probe (AUROC and
+    IoU against the true opacity, mean mask on opacity vs normal images); right, each Eq. 8 term's gradient at
+    G_A's mask head relative to the adversarial term's (log scale). One line style per seed."""
+    plt = _plt()
+    found = []
+    for m in inp.models:
+        files = [(s, inp.root / "curves" / m / f"seed{s}.csv") for s in inp.seeds()]
+        curves = [(s, read_curve(p)) for s, p in files if p.is_file()]
+        curves = [(s, c) for s, c in curves if "diag_mask_area_opacity" in c]
+        if curves:
+            found.append((m, curves))
+    with plt.rc_context(STYLE):
+        if not found:
+            fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
+            _note(ax, "no curve file has mask diagnostics (diag_* columns): train a model with a mask", 60)
+            return _save(fig, out)
+        fig, axes = plt.subplots(len(found), 2, figsize=(10, 3.0 * len(found) + 0.4), squeeze=False,
+                                 layout="constrained")
+        styles = ["-", "--", ":", "-."]
+        for (m, curves), (left, right) in zip(found, axes):
+            left.set_title(f"{m}: mask on the validation probe")
+            right.set_title(f"{m}: pull on the mask head / adversarial")
+            for k, (seed, c) in enumerate(curves):
+                for j, key in enumerate(MASK_CURVES):
+                    if key in c:
+                        left.plot(c["step"], c[key], styles[k % 4], color=f"C{j}", linewidth=1.0,
+                                  label=key.removeprefix("diag_") if k == 0 else None)
+                grads = sorted(x for x in c if x.startswith("diag_grad_") and x != "diag_grad_adv")
+                for j, key in enumerate(grads):
+                    y = np.where(c[key] > 0, c[key], np.nan)
+                    if np.isfinite(y).any():
+                        right.plot(c["step"], y, styles[k % 4], color=f"C{j}", linewidth=1.0,
+                                   label=key.removeprefix("diag_grad_") if k == 0 else None)
+            left.set_ylim(0, 1)
+            left.axhline(0.5, color="0.6", linewidth=0.6)
+            right.set_yscale("log")
+            right.axhline(1.0, color="0.6", linewidth=0.6)
+            for ax in (left, right):
+                ax.set_xlabel("iteration")
+                ax.legend(loc="best", fontsize=7, frameon=False, ncol=2)
+            if len(curves) > 1:
+                names = ("solid", "dashed", "dotted", "dash-dot")
+                left.text(0.01, 0.01, ", ".join(f"{names[k % 4]} = seed {s}" for k, (s, _) in enumerate(curves)),
+                          transform=left.transAxes, fontsize=7, color="0.3")
+        _footer(fig, inp)
+    return _save(fig, out)
+
+
 FIGURES = {"figure3_qualitative.png": figure3, "figure4_segmentation.png": figure4, "figure5_masks.png": figure5,
-           "figure6_lesions.png": figure6, "training_curves.png": figure_training}
+           "figure6_lesions.png": figure6, "training_curves.png": figure_training,
+           "training_mask_diagnostics.png": figure_mask_diagnostics}

@@ -49,6 +49,25 @@ def test_eq2_upper_penalty_by_hand():
     assert p_upper(zeros, 0.75, "sum") == 0.0
 
 
+def test_eq2_acl_reading_is_acl_gans_size_term():
+    """ACL-GAN's code: ReLU(sum over pixels of (m - F_upper))^2, then / (H W): a 2x2 mask of 1.0 -> (4 x 0.25)^2 / 4."""
+    ones = torch.ones(1, 1, 2, 2)
+    assert p_upper(ones, 0.75, "acl") == pytest.approx((4 * 0.25) ** 2 / 4)
+    m = torch.rand(3, 1, 8, 8)
+    by_hand = sum(max(0.0, float((x - 0.5).sum())) ** 2 / 64 for x in m) / 3
+    assert p_upper(m, 0.5, "acl") == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_lower_bound_mirrors_eq2_and_is_off_at_zero():
+    from ours.losses import p_lower
+
+    zeros, half = torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.5)
+    assert p_lower(zeros, 0.0) == 0.0 and p_lower(half, 0.3) == 0.0
+    assert p_lower(zeros, 0.3) == pytest.approx(0.09)  # mean: (0.3 - 0)^2
+    assert p_lower(zeros, 0.3, "acl") == pytest.approx((4 * 0.3) ** 2 / 4)
+    assert p_lower(zeros, 0.3, "sum") == pytest.approx((4 * 0.3) ** 2)
+
+
 # --- Eq. 3 --------------------------------------------------------------------------------------------------------
 def _repul_by_hand(values, c=0.1, h=0.2, eps=0.01):
     return [math.pow(1.0 / (abs(v - c) + eps), h) for v in values]

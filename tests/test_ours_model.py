@@ -179,3 +179,71 @@ def test_learning_rate_decays_every_40_percent_of_training():
         scheds["gen"].step()
     assert lrs == pytest.approx([1e-4] * 4 + [5e-5] * 4 + [2.5e-5] * 2)
     assert opts["gen"].param_groups[0]["betas"] == (0.9, 0.9999)
+
+
+def probe(seed: int = 5):
+    from pipeline.contract import Probe
+
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.rand(4, 1, 64, 64, generator=g) * 2 - 1, torch.rand(4, 1, 64, 64, generator=g) * 2 - 1
+    opacity = torch.zeros(4, 1, 64, 64, dtype=torch.bool)
+    opacity[:, :, 20:40, 10:30] = True
+    return Probe(a, opacity, b)
+
+
+def test_diagnostics_measure_the_mask_against_an_independent_computation():
+    from pipeline.prior import auroc
+
+    model = build()
+    p = probe()
+    torch.manual_seed(0)
+    d = model.diagnostics(p)
+    model.eval()
+    mask_a, mask_b = model.translate(p.a).mask, model.translate(p.b).mask
+    assert d["diag_mask_area_opacity"] == pytest.approx(mask_a.mean().item(), rel=1e-6)
+    assert d["diag_mask_area_normal"] == pytest.approx(mask_b.mean().item(), rel=1e-6)
+    # per-image AUROC by brute force over all (positive, negative) pixel pairs of one image, then the mean
+    brute = []
+    for m, t in zip(mask_a, p.opacity):
+        pos, neg = m[t].double(), m[~t].double()
+        greater = (pos[:, None] > neg[None, :]).double().mean() + 0.5 * (pos[:, None] == neg[None, :]).double().mean()
+        brute.append(greater.item())
+    assert d["diag_mask_auroc"] == pytest.approx(sum(brute) / len(brute), abs=1e-9)
+    assert auroc(mask_a[0].flatten().numpy(), p.opacity[0].flatten().numpy()) == pytest.approx(brute[0], abs=1e-9)
+    inter = ((mask_a > 0.5) & p.opacity).flatten(1).sum(1).float()
+    union = ((mask_a > 0.5) | p.opacity).flatten(1).sum(1).float()
+    assert d["diag_mask_iou"] == pytest.approx((inter / union).mean().item(), abs=1e-6)
+    # every switched-on term has a gradient ratio at the mask head; the adversarial norm itself is positive
+    for name in ("rec", "p_upper", "p_repul", "bam", "feature", "classifier"):
+        assert f"diag_grad_{name}" in d and d[f"diag_grad_{name}"] >= 0.0
+    assert d["diag_grad_adv"] > 0 and d["diag_grad_p_repul"] > 0 and d["diag_grad_bam"] > 0
+
+
+def test_diagnostics_are_logged_and_never_change_training(tmp_path):
+    """The probe's curves reach the loss CSV, and the weights after training equal those of a run without them."""
+    from pipeline.engine import Engine, EngineSettings
+
+    weights = []
+    for with_probe in (False, True):
+        model = build(seed=7, fa=False, lca=False)
+        settings = EngineSettings(iterations=4, log_every=2, progress=False, device="cpu")
+        curve = tmp_path / f"curve{with_probe}.csv"
+        eng = Engine(model, settings, tmp_path / f"ckpt{with_probe}", seed=0, curve_path=curve,
+                     probe=probe() if with_probe else None)
+        g = torch.Generator().manual_seed(0)
+        eng.fit((torch.rand(6, 64, 64, generator=g) * 255).to(torch.uint8).numpy(),
+                (torch.rand(6, 64, 64, generator=g) * 255).to(torch.uint8).numpy())
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        header = curve.read_text().splitlines()[0].split(",")
+        assert ("diag_mask_auroc" in header and "diag_grad_bam" in header) == with_probe
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_lower_bound_is_counted_with_p_upper_only_when_set():
+    a, b = batch()
+    torch.manual_seed(1)
+    off = build(seed=3).generator_terms(a, b)["p_upper"]
+    torch.manual_seed(1)
+    on = build(seed=3, f_lower=0.99).generator_terms(a, b)["p_upper"]  # every mask is below 99 % area
+    assert on.item() > off.item() + 1e-4

@@ -155,7 +155,11 @@ def write_training(root: Path, model: str, seeds) -> None:
         last = {}
         for step in range(4, 41, 4):
             last = {n: float((1 + i) * math.exp(-step / 30) + 0.05 * rng.random()) for i, n in enumerate(names)}
-            log.append({"step": float(step), **last, "lr_g": 1e-4, "it_per_s": 10.0})
+            diag = ({"diag_mask_auroc": 0.5 + step / 100, "diag_mask_iou": step / 100,
+                     "diag_mask_area_opacity": 0.3, "diag_mask_area_normal": 0.3 - step / 200,
+                     "diag_grad_adv": 1.0, "diag_grad_bam": 0.01 * step, "diag_grad_p_repul": 0.001}
+                    if model.startswith("ours") else {})
+            log.append({"step": float(step), **last, "lr_g": 1e-4, "it_per_s": 10.0, **diag})
         summary["seeds"][str(seed)] = {"final_losses": last, "steps": 40, "wall_s": 1.5 + seed, "parameters": 12345}
     write_json(root / "metrics" / "train" / f"{model}.json", summary)
 
@@ -356,6 +360,14 @@ def test_table3_and_supplementary_tables(project):
         assert r["status"] == "ok", r
         per_seed = metric(root, "fidkid", r["model"])["extractors"]["cxr-densenet"]["per_seed"]
         assert num(r["fid_cxr_densenet"]) == pytest.approx(np.mean([per_seed[str(k)]["fid"] for k in SEEDS]))
+        # the mechanism beside FID/KID: mask AUROC and area (opacity vs normals), residual, change outside
+        sets = metric(root, "paired", r["model"])["sets"]["rsna_like"]
+        opa, nor = sets["opacity"]["per_seed"], sets["normal"]["per_seed"]
+        assert num(r["mask_auroc"]) == pytest.approx(np.mean([opa[str(k)]["mask_auroc"] for k in SEEDS]))
+        assert num(r["mask_opacity"]) == pytest.approx(np.mean([opa[str(k)]["mean_mask"] for k in SEEDS]), abs=1e-6)
+        assert num(r["mask_normal"]) == pytest.approx(np.mean([nor[str(k)]["mean_mask"] for k in SEEDS]), abs=1e-6)
+        assert num(r["residual_opacity_ratio"]) == pytest.approx(
+            np.mean([opa[str(k)]["residual_opacity_ratio"] for k in SEEDS]))
     paper_rows = read_csv(root / "reports" / "tables" / "table3.csv", "paper")
     assert [num(r["fid_inception"]) for r in paper_rows][-1] == 67.17715
     seg_rows = read_csv(root / "reports" / "tables" / "table_segmenters.csv")
@@ -483,7 +495,7 @@ def test_empty_project_does_not_crash(tmp_path):
     assert len(rows) == 7 and all(r["fid_cxr_densenet"] == "" for r in rows)
     assert rows[0]["status"].startswith("missing metrics/fidkid/original.json: run `dvc repro evaluate_original`")
     for name in ("figure3_qualitative.png", "figure4_segmentation.png", "figure5_masks.png", "figure6_lesions.png",
-                 "training_curves.png"):
+                 "training_curves.png", "training_mask_diagnostics.png"):
         assert Image.open(tmp_path / "reports" / "figures" / name).format == "PNG"
     assert "missing" in (tmp_path / "reports" / "README.md").read_text()
 
@@ -495,7 +507,7 @@ def test_figures_are_nontrivial_pngs_and_indexed(project):
     root, result = project
     index = (root / "reports" / "README.md").read_text()
     for name in ("figure3_qualitative.png", "figure4_segmentation.png", "figure5_masks.png", "figure6_lesions.png",
-                 "training_curves.png"):
+                 "training_curves.png", "training_mask_diagnostics.png"):
         path = root / "reports" / "figures" / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000, name
         img = Image.open(path)

@@ -8,9 +8,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from pipeline import distributed, registry, tracking
 from pipeline.config import Params, to_plain
-from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything
+from pipeline.contract import Probe
+from pipeline.data.canonical import load_images, load_masks, read_manifest
+from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything, to_model_range
 from pipeline.stages.common import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash, \
     write_json
 
@@ -25,14 +31,37 @@ def engine_settings(params: Params, progress: bool = True) -> EngineSettings:
 
 
 def load_training_images(root: Path):
-    from pipeline.data.canonical import load_images, read_manifest
-
     ds = Layout(root).dataset(TRAIN_DATASET)
     df = read_manifest(ds)
     train = df[df["split"] == "train"]
     a = load_images(ds, train[train["domain"] == "opacity"])
     b = load_images(ds, train[train["domain"] == "normal"])
     return a, b, file_hash(ds / "manifest.csv")
+
+
+PROBE_IMAGES = 32  # per domain: enough for a stable mean mask AUROC, cheap enough to run at every log step
+
+
+def load_probe(root: Path, size: int, n: int = PROBE_IMAGES) -> Probe | None:
+    """The fixed validation batch of the training diagnostics: the first n validation images of each domain (by
+    id), opacity images with their true opacity masks when the dataset has them (the DRR benchmark does), resized
+    to the training resolution. None when the dataset has no validation split."""
+    ds = Layout(root).dataset(TRAIN_DATASET)
+    df = read_manifest(ds)
+    val = df[df["split"] == "val"].sort_values("id")
+    a_rows, b_rows = val[val["domain"] == "opacity"].iloc[:n], val[val["domain"] == "normal"].iloc[:n]
+    if a_rows.empty or b_rows.empty:
+        return None
+
+    def tensor(images: np.ndarray) -> torch.Tensor:
+        x = to_model_range(torch.from_numpy(images)[:, None])
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    opacity = None
+    if (a_rows["opacity_mask"] != "").all():
+        m = torch.from_numpy(load_masks(ds, a_rows, "opacity_mask"))[:, None].float()
+        opacity = F.interpolate(m, size=(size, size), mode="nearest") > 0.5
+    return Probe(tensor(load_images(ds, a_rows)), opacity, tensor(load_images(ds, b_rows)))
 
 
 def pretrain(translator, params: Params, ckpt_dir: Path, seed: int, fp: dict, run, images_a, images_b,
@@ -55,6 +84,7 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
     entry = params.models[model]
     cfg = params.method_config(model)
     images_a, images_b, data_hash = load_training_images(layout.root)
+    probe = load_probe(layout.root, params.data.resolution)
     code_hash = source_hash(registry.package_dir(entry.method), Path(__file__).resolve().parents[1] / "engine.py")
     main = distributed.is_main_process()  # under torchrun: rank 0 alone logs and writes files
     summary = {"model": model, "method": entry.method, "iterations": params.train.iterations,
@@ -75,7 +105,7 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
                                 extra_tags={"world_size": distributed.world_size()}) as run:
             engine = Engine(translator, engine_settings(params), layout.checkpoints(model, seed), seed,
                             curve_path=layout.curve(model, seed), tracker=run, fingerprint_data=fp,
-                            label=f"{model}/seed{seed}")
+                            label=f"{model}/seed{seed}", probe=probe)
             if on_engine is not None:
                 on_engine(engine)
             t0 = time.perf_counter()

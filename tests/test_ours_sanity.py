@@ -1,0 +1,32 @@
+"""The synthetic blob task (ours/sanity.py): ours' activation mask must find a blob that is the only difference
+between the domains, and the check must fail when the mask head no longer sees the input."""
+from __future__ import annotations
+
+import torch
+
+from ours import sanity
+
+STEPS = 800  # measured: the mask finds the blob after 600-800 steps (ours/README.md, "What we found")
+
+
+def test_blob_set_is_what_the_task_says():
+    s = sanity.blob_set(16, seed=3)
+    area = s.blob.float().mean((1, 2, 3))
+    assert (area > 0.03).all() and (area < 0.25).all()
+    assert ((s.a - s.background).abs()[~s.blob] < 0.28).all()  # outside: under 0.3 of the 0.9 peak
+    assert ((s.a - s.background)[s.blob] > 0.26).all()
+
+
+def test_mask_finds_the_blob_with_the_working_recipe():
+    torch.set_num_threads(2)
+    m = sanity.train(sanity.build(sanity.WORKING, seed=0), STEPS, seed=0)[-1]
+    assert sanity.passes(m), m
+    assert m["in_blob"] > 0.5, m  # it covers the blob, not just ranks it above an all-off mask
+
+
+def test_the_check_fails_when_the_mask_head_is_disconnected():
+    torch.set_num_threads(2)
+    model = sanity.build(sanity.WORKING, seed=0)
+    sanity.disconnect_mask_head(model)
+    m = sanity.train(model, STEPS, seed=0)[-1]
+    assert m["auroc"] == 0.5 and not sanity.passes(m), m
