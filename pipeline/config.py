@@ -112,6 +112,9 @@ class Params:
             build_dataclass(registry.get(method).Config, values, f"{where}.methods.{method}")
         for name, entry in self.models.items():
             self.method_config(name, where=where)
+        if "oracle" in self.eval.references and self.data.source != "drr":
+            raise ConfigError(f"{where}.eval.references: 'oracle' needs the clean twin of every opacity image, which "
+                              f"only the DRR benchmark has (data.source is {self.data.source!r}); remove 'oracle'")
 
     def method_config(self, model: str, where: str = "params.yaml") -> Any:
         """The validated Config of `model`: method defaults < methods.<method> < models.<model>.overrides."""
@@ -179,6 +182,26 @@ def load_params(path: str | Path | None = None) -> Params:
     return build_dataclass(Params, read_yaml(path), label)
 
 
+def registry_models(models: dict, shipped: dict, excluded: list, where: str) -> dict:
+    """The registry is the model list: every registered method has its default entry `models.<method>` in every
+    profile (the entry of base.yaml when it has one, e.g. its description), unless the profile names it under
+    `exclude_methods` (the ci profile keeps three models for speed). A profile's own `models` add ablation
+    variants and per-profile values. So a baseline directory added by `cxrbench new-baseline` survives every
+    `cxrbench profile X`."""
+    from pipeline import registry
+
+    names = registry.names()
+    unknown = [m for m in excluded if m not in names]
+    if unknown:
+        raise ConfigError(f"{where}: exclude_methods names {unknown[0]!r}, which is not a registered method "
+                          f"({', '.join(names)})")
+    out = dict(models)
+    for method in names:
+        if method not in excluded and method not in out:
+            out[method] = dict(shipped.get(method) or {"method": method, "description": method})
+    return out
+
+
 def resolve_profile(name: str) -> dict:
     """Schema defaults + the profile's overrides, with every model's method section filled in: plain data."""
     from pipeline import registry
@@ -191,9 +214,12 @@ def resolve_profile(name: str) -> dict:
         raise ConfigError(f"unknown profile {name!r}{hint}; available: {', '.join(PROFILES)}")
     overrides = read_yaml(PROFILES_DIR / f"{name}.yaml")
     base = read_yaml(PROFILES_DIR / "base.yaml")
+    excluded = overrides.pop("exclude_methods", None) or []
     replaced = {k: overrides.pop(k) for k in ("models", "seeds") if k in overrides}  # lists of runs: replaced whole
+    shipped = dict(base.get("models") or {})
     base = {**deep_merge(base, overrides), **replaced}
     base["profile"] = name
+    base["models"] = registry_models(base.get("models") or {}, shipped, excluded, f"profiles/{name}.yaml")
     for entry in (base.get("models") or {}).values():
         if isinstance(entry, dict) and entry.get("method") in registry.names():
             entry.setdefault("package", registry.package_path(entry["method"]))
@@ -204,15 +230,9 @@ def resolve_profile(name: str) -> dict:
     # < pipeline/profiles/<profile>.yaml methods.<m>.
     methods = {}
     for entry in params.models.values():
-        if entry.method in methods:
-            continue
-        cls = registry.get(entry.method).Config
-        method_profiles_file = registry.package_dir(entry.method) / "profiles.yaml"
-        method_profile = {}
-        if method_profiles_file.exists():
-            method_profile = read_yaml(method_profiles_file).get(METHOD_PROFILE.get(name, name)) or {}
-        given = deep_merge(method_profile, params.methods.get(entry.method, {}))
-        methods[entry.method] = to_plain(build_dataclass(cls, given, f"{method_profiles_file}[{name}]"))
+        if entry.method not in methods:
+            methods[entry.method] = to_plain(registry.profile_config(entry.method, name,
+                                                                     params.methods.get(entry.method, {})))
     plain["methods"] = methods
     return plain
 

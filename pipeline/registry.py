@@ -88,16 +88,20 @@ def package_path(name: str) -> str:
     return f"baselines/{package_dir(name).name}" if module.startswith("baselines.") else package_dir(name).name
 
 
-def profile_config(name: str, profile: str, **overrides):
-    """The method's Config with its `<method dir>/profiles.yaml[profile]` values (+ overrides), validated."""
-    from pipeline.config import METHOD_PROFILE, read_yaml
+def profile_config(name: str, profile: str, overrides: dict | None = None, where: str | None = None, **optional):
+    """The one place that computes a method's Config for a profile, validated. Precedence: the Config defaults (the
+    official values) < `<method dir>/profiles.yaml[profile]` < `overrides` (e.g. params.yaml methods.<name>; an
+    unknown key is an error) < `optional` (applied only where the Config has the field: prior_weights).
+    Used by `cxrbench profile`, `cxrbench new-baseline`, the bench and the contract tests."""
+    from pipeline.config import METHOD_PROFILE, deep_merge, read_yaml
     from pipeline.schema import build_dataclass
 
     cls = get(name)
     prof_file = package_dir(name) / "profiles.yaml"
     values = (read_yaml(prof_file).get(METHOD_PROFILE.get(profile, profile)) or {}) if prof_file.exists() else {}
-    values = {**values, **{k: v for k, v in overrides.items() if k in cls.Config.__dataclass_fields__}}
-    return build_dataclass(cls.Config, values, f"{prof_file}[{profile}]")
+    values = deep_merge(values, overrides or {})
+    values.update({k: v for k, v in optional.items() if k in cls.Config.__dataclass_fields__})
+    return build_dataclass(cls.Config, values, where or f"{prof_file}[{profile}]")
 
 
 def refresh() -> None:

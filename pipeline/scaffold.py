@@ -181,14 +181,12 @@ def add_model_to_params(name: str, params_path: Path) -> None:
     """Add models.<name> and methods.<name> (the Config with this profile's values) to params.yaml."""
     from pipeline import registry
     from pipeline.config import read_yaml, to_plain
-    from pipeline.schema import build_dataclass
 
     data = read_yaml(params_path)
     profile = data.get("profile", "cpu")
-    prof = read_yaml(registry.package_dir(name) / "profiles.yaml").get(profile) or {}
     data.setdefault("models", {})[name] = {"method": name, "package": registry.package_path(name),
                                            "overrides": {}, "description": name}
-    data.setdefault("methods", {})[name] = to_plain(build_dataclass(registry.get(name).Config, prof, name))
+    data.setdefault("methods", {})[name] = to_plain(registry.profile_config(name, profile))
     text = params_path.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     tmp = params_path.with_suffix(".yaml.tmp")

@@ -118,3 +118,25 @@ def test_committed_params_yaml_is_the_cpu_profile():
 
 def test_schema_defaults_build():
     assert isinstance(build_dataclass(Params, {}, "p"), Params)
+
+
+def test_registry_is_the_model_list(monkeypatch):
+    """Every registered method is a model of every profile unless the profile excludes it by name."""
+    from pipeline import config, registry
+
+    monkeypatch.setattr(registry, "names", lambda: ["ours", "cyclegan", "mine"])
+    shipped = {"cyclegan": {"method": "cyclegan", "description": "CycleGAN"}}
+    models = config.registry_models({"ours_none": {"method": "ours"}}, shipped, ["ours"], "profiles/x.yaml")
+    assert models == {"ours_none": {"method": "ours"}, "cyclegan": shipped["cyclegan"],
+                      "mine": {"method": "mine", "description": "mine"}}
+    with pytest.raises(ConfigError, match=r"profiles/x.yaml: exclude_methods names 'munit'"):
+        config.registry_models({}, shipped, ["munit"], "profiles/x.yaml")
+
+
+def test_oracle_reference_is_refused_without_twins():
+    values = resolve_profile("ci")
+    values["data"].update(source="rsna", rsna_dir="/data/rsna")
+    with pytest.raises(ConfigError, match=r"params.yaml.eval.references: 'oracle' needs the clean twin .*'rsna'"):
+        build_dataclass(Params, values, "params.yaml")
+    values["eval"]["references"] = ["identity", "blur"]
+    assert build_dataclass(Params, values, "params.yaml").eval.references == ["identity", "blur"]

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import cli_env, copy_project
@@ -99,6 +100,11 @@ def test_new_baseline_passes_contract_tests_and_trains_under_dvc(tmp_path):
     assert (dest / "baselines" / "demo" / "README.md").exists()
     out = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_contract.py", "-k", "demo")
     assert "passed" in out and "failed" not in out
+    # the registry is the model list: the new directory stays a model through every profile switch
+    for profile in ("cpu", "gpu-quick", "cpu-rank", "ci"):
+        run("cxrbench", "profile", profile)
+        models = yaml.safe_load((dest / "params.yaml").read_text())["models"]
+        assert models.get("demo", {}).get("method") == "demo", (profile, sorted(models))
     out = run("dvc", "repro", "translate@demo")
     assert "Running stage 'train@demo'" in out and "Running stage 'translate@demo'" in out
     assert (dest / "outputs" / "demo" / "seed0" / "index.csv").exists()
