@@ -1,6 +1,6 @@
 """Where the evaluators read from: the evaluation sets in data/ and a model's translations in outputs/.
 
-Evaluation sets (pipeline.stages.common.EVAL_SETS): rsna_like = data/drr test split (both domains), ards_like =
+Evaluation sets (pipeline.layout.EVAL_SETS): rsna_like = data/drr test split (both domains), ards_like =
 data/ards-like (opacity only), jsrt_like = data/jsrt-like (normal only). Translations: outputs/<model>/seed<k>/
 index.csv (columns eval_set, dataset, id, domain, direction, image, mask; paths relative to that folder).
 """
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pipeline.errors import CxrbenchError
-from pipeline.stages.common import EVAL_SETS, TRAIN_DATASET, Layout
+from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout
 
 ORIGINAL = "original"  # the model name of the untranslated rows
 

@@ -34,7 +34,8 @@ from eval.references import REFERENCE_SEED, REFERENCES
 from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
 from pipeline.config import Params
 from pipeline.io import atomic_write
-from pipeline.stages.common import Layout, set_threads, write_json
+from pipeline.io import write_json
+from pipeline.layout import Layout, set_threads
 
 # Tables 1 and 3: translated opacity test images vs real normal test images of the RSNA(-like) set
 FID_SET = "rsna_like"
@@ -335,7 +336,7 @@ def run_detector_training(params: Params, root: Path | None = None) -> dict[str,
     """Train the YOLOv5 lesion detector once on the opacity boxes of data/drr (train/val splits)."""
     from eval.detection import train_detector
     from pipeline.data.canonical import read_manifest
-    from pipeline.stages.common import TRAIN_DATASET
+    from pipeline.layout import TRAIN_DATASET
 
     layout, device = _setup(params, root)
     ev = params.eval
@@ -650,7 +651,7 @@ def run_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
     from eval import evaluator as evmod
     from pipeline.data.canonical import NIH14, label_matrix, read_manifest
     from pipeline.prior import per_label_auroc
-    from pipeline.stages.common import TRAIN_DATASET
+    from pipeline.layout import TRAIN_DATASET
 
     layout, device = _setup(params, root)
     ev = params.eval

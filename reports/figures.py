@@ -79,7 +79,7 @@ def examples(inp: Inputs, eval_set: str = "rsna_like", k: int = N_EXAMPLES):
     """(dataset dir, rows) of up to k evaluated opacity images of a set, largest true opacity first (then by id), among
     the first EXAMPLE_POOL by id; or (None, reason)."""
     from eval.sets import eval_rows
-    from pipeline.stages.common import Layout
+    from pipeline.layout import Layout
 
     try:
         ds, df = eval_rows(Layout(inp.root), eval_set, inp.params.eval.max_images)
@@ -98,7 +98,7 @@ def examples(inp: Inputs, eval_set: str = "rsna_like", k: int = N_EXAMPLES):
 def translations(inp: Inputs, model: str):
     """eval.sets.Translations of the first seed, or (None, reason)."""
     from eval.sets import Translations
-    from pipeline.stages.common import Layout
+    from pipeline.layout import Layout
 
     if not inp.in_profile(model):
         return None, inp.not_run()

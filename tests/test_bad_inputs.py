@@ -218,7 +218,7 @@ def write_png(path: Path, size: int = 64, value: int = 0) -> Path:
 def weights(project) -> Path:
     """Exported weights of an untrained cyclegan (ci widths) under the temporary root."""
     from pipeline.engine import export_weights, seed_everything
-    from pipeline.stages.common import Layout, build_translator
+    from pipeline.layout import Layout, build_translator
 
     root, path, _ = project
     seed_everything(0)
@@ -283,7 +283,7 @@ def test_translate_sets_stage_without_trained_weights(project, capsys, monkeypat
 
 def test_translate_weights_of_another_model(project, capsys, tmp_path):
     from pipeline.engine import export_weights
-    from pipeline.stages.common import build_translator
+    from pipeline.layout import build_translator
 
     other = tmp_path / "ours_none.pt"  # the state dict of another method (ours without its four modules)
     export_weights(build_translator(load_params(project[1]), "ours_none"), other, {})
@@ -293,7 +293,7 @@ def test_translate_weights_of_another_model(project, capsys, tmp_path):
 
 def test_translate_weights_with_other_shapes(project, capsys, tmp_path):
     from pipeline.engine import export_weights
-    from pipeline.stages.common import build_translator
+    from pipeline.layout import build_translator
 
     params = load_params(project[1])
     params.methods["cyclegan"]["ngf"] = 16  # same names, twice the width of params.yaml's cyclegan
@@ -460,7 +460,7 @@ def test_kid_subset_larger_than_the_sets_is_half_the_smaller_set(eval_project):
     from eval import fid_kid as fk
     from eval.stages import FID_SET, run_fidkid
     from eval.sets import eval_rows
-    from pipeline.stages.common import Layout
+    from pipeline.layout import Layout
 
     root, params = eval_project
     params.eval.fid_extractors = ["cxr-densenet"]

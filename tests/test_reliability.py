@@ -309,7 +309,7 @@ def translated_project(tmp_path_factory):
 
     from eval.stages import run_paired
     from pipeline.engine import export_weights
-    from pipeline.stages.common import Layout, build_translator
+    from pipeline.layout import Layout, build_translator
     from pipeline.stages.translate import run_translate
 
     root = write_eval_datasets(tmp_path_factory.mktemp("proj"), size=32, n=3)

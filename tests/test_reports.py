@@ -66,7 +66,7 @@ def write_outputs(root: Path, model: str, seed: int, quality: float, with_masks:
     """outputs/<model>/seed<k>/ as the translate stage writes it: A->B = the image moved `quality` of the way to its
     clean twin (+ noise), masks = the true opacity mask (blurred by noise), B->A of normals = a bright disc."""
     from pipeline.data.canonical import read_manifest
-    from pipeline.stages.common import EVAL_SETS, TRAIN_DATASET
+    from pipeline.layout import EVAL_SETS, TRAIN_DATASET
 
     rng = np.random.default_rng(1000 * seed + sum(map(ord, model)))
     out = root / "outputs" / model / f"seed{seed}"
@@ -143,7 +143,7 @@ def fake_counts(model, paths, **kw):
 def write_training(root: Path, model: str, seeds) -> None:
     """metrics/train/<model>.json (run_train's summary format) and curves/<model>/seed<k>.csv (the engine's LossLog)."""
     from pipeline.engine import LossLog
-    from pipeline.stages.common import write_json
+    from pipeline.io import write_json
 
     names = (("g_adv", "g_rec", "p_upper", "p_repul", "l_feature", "d_adv") if model.startswith("ours")
              else ("g_adv", "g_cycle", "g_idt", "d_adv"))

@@ -135,7 +135,7 @@ def test_safe_load_refuses_a_payload(evil):
 
 def test_trained_weights_loader_refuses_a_payload(evil, tmp_path):
     from pipeline.config import load_params, write_profile
-    from pipeline.stages.common import load_trained
+    from pipeline.layout import load_trained
 
     path, marker = evil
     params = load_params(write_profile("ci", tmp_path / "params.yaml"))

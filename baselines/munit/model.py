@@ -72,6 +72,7 @@ def _min_image_size(cfg: MUNITConfig) -> int:
     return max(16, 2 ** (cfg.dis_num_scales + cfg.dis_n_layer - 1))
 
 
+# Copied from baselines.unit.model.frozen
 @contextlib.contextmanager
 def frozen(*modules: nn.Module):
     """Skip weight gradients of the discriminators during the G update (they are discarded anyway)."""
@@ -85,6 +86,7 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(True)
 
 
+# Copied from baselines.unit.model.real_fake_outputs
 def real_fake_outputs(dis: nn.Module, real: torch.Tensor, fake: torch.Tensor):
     """One D pass over [real; fake] -> (outputs on real, outputs on fake), per scale. The D has no batch statistics,
     so this equals two passes (the official code) with half the kernel launches."""
@@ -93,6 +95,7 @@ def real_fake_outputs(dis: nn.Module, real: torch.Tensor, fake: torch.Tensor):
     return [o[:n] for o in outs], [o[n:] for o in outs]
 
 
+# Copied from baselines.unit.model.l1
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mean(torch.abs(a.float() - b.float()))
 

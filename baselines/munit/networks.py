@@ -21,8 +21,9 @@ from torch import nn
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------
+# Copied from baselines.unit.networks.LayerNorm
 class LayerNorm(nn.Module):
-    """The MUNIT-code layer norm (not torch's): per sample, over (C, H, W), *unbiased* std, eps added to the std,
+    """The MUNIT/UNIT-code layer norm (not torch's): per sample, over (C, H, W), *unbiased* std, eps added to the std,
     then a per-channel affine with gamma ~ U(0, 1) and beta = 0 at construction (as in the official code)."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -49,6 +50,7 @@ def adain(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float =
     return (normalized * gamma.float()[:, :, None, None] + beta.float()[:, :, None, None]).to(x.dtype)
 
 
+# Copied from baselines.unit.networks.conv_block
 def conv_block(cin: int, cout: int, kernel: int, stride: int = 1, norm: str = "none",
                act: str = "relu") -> nn.Sequential:
     """Reflection pad ((kernel - 1) // 2) -> conv (with bias) -> norm -> activation (the official Conv2dBlock)."""
@@ -199,6 +201,7 @@ class AdaINGen(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Discriminator
 # ----------------------------------------------------------------------------------------------------------------
+# Copied from baselines.unit.networks.MsImageDis
 class MsImageDis(nn.Module):
     """Multi-scale discriminator: `num_scales` copies of [4x4 s2 conv + LReLU(0.2)] x n_layer (dim -> dim*2^(n-1),
     no norm in the official configs) + 1x1 conv -> 1 channel. Scale k sees the input average-pooled k times with a
@@ -226,6 +229,7 @@ class MsImageDis(nn.Module):
         return outputs
 
 
+# Copied from baselines.unit.networks.discriminator_loss
 def discriminator_loss(outs_real: list[torch.Tensor], outs_fake: list[torch.Tensor], gan_type: str) -> torch.Tensor:
     """Sum over scales. lsgan: mean((D(real) - 1)^2) + mean(D(fake)^2); nsgan: BCE(real -> 1) + BCE(fake -> 0)."""
     loss = 0.0
@@ -239,6 +243,7 @@ def discriminator_loss(outs_real: list[torch.Tensor], outs_fake: list[torch.Tens
     return loss
 
 
+# Copied from baselines.unit.networks.generator_loss
 def generator_loss(outs_fake: list[torch.Tensor], gan_type: str) -> torch.Tensor:
     """Sum over scales. lsgan: mean((D(fake) - 1)^2); nsgan: BCE(fake -> 1)."""
     loss = 0.0
@@ -254,6 +259,7 @@ def generator_loss(outs_fake: list[torch.Tensor], gan_type: str) -> torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 # Initialisation (official utils.weights_init: conv and linear weights only, biases to 0; norms keep their own init)
 # ----------------------------------------------------------------------------------------------------------------
+# Copied from baselines.unit.networks.init_weights
 def init_weights(module: nn.Module, kind: str) -> None:
     for m in module.modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):

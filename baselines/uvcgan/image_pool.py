@@ -11,13 +11,14 @@ import random
 import torch
 
 
+# Copied from baselines.cyclegan.image_pool.ImagePool
 class ImagePool:
     def __init__(self, size: int):
         self.size = size
         self.images: list[torch.Tensor] = []  # each (1, C, H, W), detached
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) fresh fakes -> (B, C, H, W) detached mix of fresh and stored fakes."""
+        """images: (B, C, H, W) fresh fakes -> (B, C, H, W) detached mix of fresh and stored fakes."""
         if self.size == 0:
             return images.detach()
         out = []
@@ -34,7 +35,9 @@ class ImagePool:
                 out.append(image)
         return torch.cat(out, 0)
 
+    # --- exact resume --------------------------------------------------------------------------------------------
     def state(self) -> torch.Tensor:
+        """(n_stored, C, H, W) in storage order; (0,) when empty."""
         return torch.cat(self.images, 0) if self.images else torch.zeros(0)
 
     def load_state(self, stored: torch.Tensor, device: torch.device | None = None) -> None:

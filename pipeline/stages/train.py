@@ -17,8 +17,8 @@ from pipeline.config import Params, to_plain
 from pipeline.contract import Probe
 from pipeline.data.canonical import load_images, load_masks, read_manifest
 from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything, to_model_range
-from pipeline.stages.common import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash, \
-    write_json
+from pipeline.io import write_json
+from pipeline.layout import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash
 
 
 def engine_settings(params: Params, progress: bool = True) -> EngineSettings:

@@ -19,7 +19,8 @@ from PIL import Image
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.engine import to_model_range
-from pipeline.stages.common import EVAL_SETS, TRAIN_DATASET, Layout, load_trained, set_threads, write_json
+from pipeline.io import write_json
+from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout, load_trained, set_threads
 
 BATCH = 16
 

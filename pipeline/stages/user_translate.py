@@ -72,7 +72,7 @@ def translate_files(params: Params, model: str, inputs: list[str], out_dir: Path
     from tqdm.auto import tqdm
 
     from pipeline.engine import to_model_range
-    from pipeline.stages.common import load_trained
+    from pipeline.layout import load_trained
     from pipeline.stages.translate import to_uint8
 
     if model not in params.models:

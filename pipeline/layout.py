@@ -1,4 +1,4 @@
-"""Paths and helpers shared by the stage entry points (one layout, one place)."""
+"""Where every stage reads and writes (one layout), and building or loading a translator from params.yaml."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,6 @@ import torch
 
 from pipeline import registry
 from pipeline.config import Params
-from pipeline.io import write_json  # noqa: F401  (re-exported: the stages' JSON writer)
 from pipeline.offline import PROJECT_ROOT
 
 # Evaluation sets: name -> (dataset folder under data/, split). The DRR data stage writes all three; real-data

@@ -1,0 +1,93 @@
+"""The layers and their allowed import directions, parsed from the sources (function-level imports included).
+
+    core     pipeline/ (schema, config, contract, registry, engine, io, layout, data, prior, ...)  imports core only
+    methods  ours/, baselines/<name>/       core, and their own package (never another method: copies carry
+                                            `# Copied from`, see tests/test_copies.py)
+    eval     eval/ (metrics, evaluators)    core, eval
+    reports  reports/ (tables, figures)     core, eval, reports
+    app      the CLI and every DVC stage entry (APP below): the only layer that may import everything
+
+The registry finds methods by directory (importlib), so the core never names a method in an import.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from pipeline.offline import PROJECT_ROOT
+
+PACKAGES = ("pipeline", "ours", "baselines", "eval", "reports")
+APP = ("pipeline.cli", "pipeline.bench", "pipeline.scaffold", "pipeline.stages", "eval.stages", "reports.build",
+       "reports.publish")
+ALLOWED = {"core": {"core"}, "methods": {"core"}, "eval": {"core", "eval"}, "reports": {"core", "eval", "reports"},
+           "app": {"core", "methods", "eval", "reports", "app"}}
+
+
+def layer(module: str) -> str | None:
+    if any(module == a or module.startswith(a + ".") for a in APP):
+        return "app"
+    return {"pipeline": "core", "ours": "methods", "baselines": "methods", "eval": "eval",
+            "reports": "reports"}.get(module.split(".")[0])
+
+
+def method_package(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "baselines" else parts[0]
+
+
+def module_name(path: Path, root: Path) -> str:
+    return ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imported_names(tree: ast.AST):
+    """(line, module) for every absolute import; `from a.b import c` yields a.b and a.b.c (c may be a module)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def violations(root: Path) -> list[str]:
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            src = module_name(path, root)
+            src_layer = layer(src)
+            for line, name in imported_names(ast.parse(path.read_text(), str(path))):
+                dst_layer = layer(name)
+                if dst_layer is None:
+                    continue  # stdlib or a third-party package
+                if src_layer == dst_layer == "methods":
+                    ok = method_package(src) == method_package(name)
+                else:
+                    ok = dst_layer in ALLOWED[src_layer]
+                if not ok:
+                    found.append(f"{path.relative_to(root)}:{line}: {src_layer} module {src} imports {name} "
+                                 f"({dst_layer})")
+    return sorted(set(found))
+
+
+def test_the_tree_respects_the_layers():
+    assert violations(PROJECT_ROOT) == []
+
+
+def test_a_planted_violation_is_reported_with_file_and_name(tmp_path):
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "pipeline" / "engine.py").write_text("import torch\nfrom eval.fid_kid import fid_fast\n")
+    (tmp_path / "eval" / "fid_kid.py").write_text("from pipeline.engine import Engine\n")
+    (tmp_path / "baselines" / "unit").mkdir()
+    (tmp_path / "baselines" / "unit" / "model.py").write_text("from baselines.munit.networks import Decoder\n"
+                                                              "from baselines.unit import losses\n")
+    (tmp_path / "pipeline" / "cli.py").write_text("from reports.build import main\nfrom ours import Ours\n")
+    assert violations(tmp_path) == [
+        "baselines/unit/model.py:1: methods module baselines.unit.model imports baselines.munit.networks (methods)",
+        "baselines/unit/model.py:1: methods module baselines.unit.model imports baselines.munit.networks.Decoder "
+        "(methods)",
+        "pipeline/engine.py:2: core module pipeline.engine imports eval.fid_kid (eval)",
+        "pipeline/engine.py:2: core module pipeline.engine imports eval.fid_kid.fid_fast (eval)",
+    ]
