@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401  (offline switches first)
-from pipeline.errors import CxrbenchError
+from pipeline.errors import CxrbenchError, suggest
 from pipeline.offline import PROJECT_ROOT
 
 
@@ -139,11 +139,8 @@ def cmd_bench(args) -> None:
 
 def _known_model(params, model: str) -> None:
     if model not in params.models:
-        import difflib
-
-        close = difflib.get_close_matches(model, list(params.models), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CxrbenchError(f"unknown model {model!r}{hint}; params.yaml models: {', '.join(params.models)}")
+        raise CxrbenchError(f"unknown model {model!r}{suggest(model, params.models)}; params.yaml models: "
+                            f"{', '.join(params.models)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.data.params import DataParams  # the data package owns its section
 from pipeline.eval_params import EvalParams  # eval/ owns its section
+from pipeline.errors import suggest
 from pipeline.offline import PROJECT_ROOT
 from pipeline.prior_params import PriorParams
 from pipeline.schema import ConfigError, build_dataclass, deep_merge, param, to_plain  # noqa: F401
@@ -207,11 +208,7 @@ def resolve_profile(name: str) -> dict:
     from pipeline import registry
 
     if name not in PROFILES:
-        import difflib
-
-        close = difflib.get_close_matches(name, PROFILES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown profile {name!r}{hint}; available: {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {name!r}{suggest(name, PROFILES)}; available: {', '.join(PROFILES)}")
     overrides = read_yaml(PROFILES_DIR / f"{name}.yaml")
     base = read_yaml(PROFILES_DIR / "base.yaml")
     excluded = overrides.pop("exclude_methods", None) or []

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.contract import ContractError, Translator
+from pipeline.errors import suggest
 from pipeline.offline import PROJECT_ROOT
 
 BASELINES_DIR = PROJECT_ROOT / "baselines"
@@ -67,11 +68,7 @@ def names() -> list[str]:
 def get(name: str) -> type[Translator]:
     reg = _registry()
     if name not in reg:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(reg), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown translator {name!r}{hint}; registered: {', '.join(reg)}")
+        raise KeyError(f"unknown translator {name!r}{suggest(name, reg)}; registered: {', '.join(reg)}")
     return reg[name]
 
 

@@ -13,7 +13,7 @@ from dataclasses import field
 from typing import Any, Literal, get_args, get_origin
 
 
-from pipeline.errors import CxrbenchError
+from pipeline.errors import CxrbenchError, suggest
 
 
 class ConfigError(CxrbenchError, ValueError):
@@ -141,7 +141,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = [k for k in values if k not in fields]
     if unknown:
         known = ", ".join(sorted(fields))
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known keys: {known})")
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key{suggest(unknown[0], fields)} (known keys: {known})")
     kwargs = {}
     for name, f in fields.items():
         key = f"{where}.{name}"

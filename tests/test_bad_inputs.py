@@ -133,7 +133,7 @@ def test_params_file_missing(project, capsys):
 
 def test_params_unknown_key_lists_the_known_ones(project, capsys):
     msg = check_fails(project, capsys, lambda d: d["train"].__setitem__("iteratons", 3), "train.iteratons")
-    assert "unknown key (known keys: " in msg and " iterations," in msg
+    assert "unknown key (did you mean 'iterations'?) (known keys: " in msg and " iterations," in msg
 
 
 def test_params_wrong_type(project, capsys):

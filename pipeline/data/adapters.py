@@ -13,7 +13,6 @@ quantised to 8 bit. Masks must have the aspect ratio of their image.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image
 from pipeline.data.canonical import NIH14, OPACITY_LABELS, DataError, DatasetWriter, boxes_text, empty_row
 from pipeline.data.drr import boxes_from_mask
 from pipeline.data.params import DataParams
+from pipeline.errors import suggest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -302,9 +302,8 @@ def rsna_items(p: DataParams) -> list[SourceImage]:
     class_of = {}
     for row, (pid, cls) in enumerate(zip(classes["patientId"], classes["class"])):
         if cls not in RSNA_CLASSES:
-            close = difflib.get_close_matches(cls, RSNA_CLASSES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(f"{classes_csv}: row {row + 2}: unknown class {cls!r}{hint}; expected one of "
+            raise DataError(f"{classes_csv}: row {row + 2}: unknown class {cls!r}{suggest(cls, RSNA_CLASSES)}; "
+                            "expected one of "
                             f"{', '.join(RSNA_CLASSES)}")
         class_of[pid] = cls
     boxes: dict[str, list] = {}
@@ -532,9 +531,8 @@ def folder_items(p: DataParams) -> list[SourceImage]:
             continue
         name = column[len("label_"):] if column.startswith("label_") else column
         if name not in NIH14:
-            close = difflib.get_close_matches(name, NIH14, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(f"{labels_csv}: unknown label column {column!r}{hint}; labels are NIH-14 names: "
+            raise DataError(f"{labels_csv}: unknown label column {column!r}{suggest(name, NIH14)}; labels are "
+                            "NIH-14 names: "
                             f"{', '.join(NIH14)}")
         bad = df.loc[~df[column].isin(["0", "1", ""]), column]
         if len(bad):
