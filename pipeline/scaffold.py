@@ -173,7 +173,8 @@ def new_baseline(name: str, add_to_params: bool = True, root: Path = PROJECT_ROO
     registry.get(name)  # the new directory implements the contract
     if add_to_params:
         add_model_to_params(name, root / "params.yaml")
-    print(f"wrote {target.relative_to(root)}/ (contract tests: pytest tests/test_contract.py -k {name})")
+    print(f"wrote {target.relative_to(root)}/ (contract tests: pytest tests/test_contract.py -k {name}; its row in "
+          f"every table: dvc repro report, then {root / 'reports' / 'README.md'})")
     return target
 
 
