@@ -336,7 +336,7 @@ class Ours(Translator):
         gan, acl = self._adversarial(real_a, real_b, o, for_generator=False)
         return {"d_gan": gan, "d_acl": acl}
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, engine) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
         cfg = self.cfg
         opt_g, opt_d = self.optimizers["gen"], self.optimizers["dis"]
         # generators: Eq. 8 (discriminators frozen so their parameters collect no gradient)
@@ -346,7 +346,7 @@ class Ours(Translator):
         terms = self.generator_terms(real_a, real_b, o)
         total = self.total(terms)
         opt_g.zero_grad(set_to_none=True)
-        engine.backward(total)
+        ctx.backward(total)
         opt_g.step()
         # discriminators: on the same translations, detached (as CycleGAN orders it; one generator forward per step)
         for d in self.discriminators():
@@ -354,7 +354,7 @@ class Ours(Translator):
         d_terms = self.discriminator_terms(real_a, real_b, o)
         d_total = cfg.lambda_adv * (d_terms["d_gan"] + cfg.acl_weight * d_terms["d_acl"])
         opt_d.zero_grad(set_to_none=True)
-        engine.backward(d_total)
+        ctx.backward(d_total)
         opt_d.step()
         logged = dict(terms, total=total, d_total=d_total, **d_terms,
                       mask_area_opacity=o["mask_ab"].mean(), mask_area_normal=o["mask_bb"].mean())

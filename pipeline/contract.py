@@ -10,23 +10,27 @@ subclass with:
 - `has_mask`   True when `translate` returns an activation mask.
 
 The engine owns everything generic (data, device, precision, checkpoint/resume, logging, NaN guard); the translator
-owns its networks, losses and update order. `train_step` does its own G/D updates, calling `engine.backward(loss)`
-instead of `loss.backward()` so the engine can add mixed precision or DDP handling later without touching methods.
+owns its networks, losses and update order. `train_step(real_a, real_b, step, ctx)` does its own G/D updates and
+sees only a `StepContext`: `ctx.backward(loss)` instead of `loss.backward()` (gradient averaging across processes
+lives there), `ctx.autocast()` for forward passes of its own, `ctx.device`, `ctx.rank`, `ctx.world_size`.
+Tests build one in one line: `StepContext()`.
+
+Required: `configure_optimizers`, `train_step`, `translate` (A -> B) and `translate_b2a` (B -> A: Table 2 trains
+classifiers on both directions). Optional, declared by `has_pretraining = True` and then implemented in full
+(the registry checks): the `Pretraining` protocol below (UVCGAN's masked-autoencoder pre-training).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, ContextManager
 
 import torch
 from torch import nn
 
 from pipeline.prior import auroc  # the one AUROC
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.engine import Engine
-
 
 @dataclass
 class Translation:
@@ -34,6 +38,21 @@ class Translation:
 
     image: torch.Tensor
     mask: torch.Tensor | None = None
+
+
+def _plain_backward(loss: torch.Tensor, **kwargs: Any) -> None:
+    loss.backward(**kwargs)  # retain_graph=True where a method backpropagates twice through one graph (DRIT++)
+
+
+@dataclass
+class StepContext:
+    """All a method's `train_step` may use from the engine. Defaults: one CPU process, fp32, plain backward."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    backward: Callable[..., None] = _plain_backward
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
 
 
 @dataclass
@@ -114,13 +133,9 @@ class Translator(nn.Module):
         """
         raise NotImplementedError
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, engine: "Engine") -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx: StepContext) -> dict[str, float]:
         """One training iteration on a batch of opacity (A) and normal (B) images; returns scalar losses by name."""
         raise NotImplementedError
-
-    def pretrain_step(self, images: torch.Tensor, step: int, engine: "Engine") -> dict[str, float]:
-        """Optional pre-training step (only when `has_pretraining`)."""
-        raise NotImplementedError(f"{self.name} has no pre-training phase")
 
     # --- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,7 +146,7 @@ class Translator(nn.Module):
     @torch.no_grad()
     def translate_b2a(self, x: torch.Tensor) -> Translation:
         """Normal (B) -> opacity (A). Used by the Table 2 'Generated' classifiers (both directions)."""
-        raise NotImplementedError(f"{self.name} does not translate B -> A")
+        raise NotImplementedError
 
     # --- diagnostics ------------------------------------------------------------------------------------------
     def diagnostics(self, probe: Probe) -> dict[str, float]:
@@ -154,6 +169,15 @@ class Translator(nn.Module):
         Default: everything (safe). Methods override to keep exported weights small.
         """
         return [n for n, _ in self.named_children()]
+
+
+# Every method of the optional pre-training protocol: a method with `has_pretraining = True` implements all of them.
+PRETRAINING_METHODS = {
+    "pretraining_view": "a Translator whose train_step runs one pre-training step (the engine trains it like any "
+                        "translator: checkpoints, resume, logging)",
+    "pretrained_state": "the pre-trained weights to carry into the main training, a state dict",
+    "load_pretrained": "load such a state dict into this translator before its main training",
+}
 
 
 def config_from_dict(cls: type, values: dict[str, Any] | None, where: str) -> Any:

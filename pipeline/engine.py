@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import distributed
-from pipeline.contract import Probe, Translator
+from pipeline.contract import Probe, StepContext, Translator
 from pipeline.errors import CxrbenchError
 from pipeline.io import atomic_torch_save, atomic_write, write_json  # noqa: F401  (atomic_torch_save re-exported)
 
@@ -296,7 +296,7 @@ class EngineSettings:
 
 
 class Engine:
-    """Runs a translator's training loop. Translators see: device, backward(loss), autocast(), rank, world_size.
+    """Runs a translator's training loop. Translators see only `self.ctx` (a StepContext: device, backward(loss), autocast(), rank, world_size).
 
     Under torchrun (WORLD_SIZE > 1) the engine joins the process group when it is created and then:
     - broadcasts rank 0's parameters and buffers at the start and after a resume (identical replicas);
@@ -330,6 +330,8 @@ class Engine:
         self._fingerprint = fingerprint(self._fingerprint_inputs)
         self._grads: distributed.GradientAverager | None = None  # created by the first distributed backward()
         self.on_step: Callable[[int], None] | None = None  # test hook (fault injection)
+        # all a translator's train_step sees of the engine
+        self.ctx = StepContext(self.device, self.rank, self.world_size, backward=self.backward, autocast=self.autocast)
         self.probe = probe  # fixed validation batch: translator.diagnostics() is logged with the losses (rank 0)
 
     # --- API used by translators ---------------------------------------------------------------------------------
@@ -511,7 +513,7 @@ class Engine:
                     real_a = real_a.contiguous(memory_format=torch.channels_last)
                     real_b = real_b.contiguous(memory_format=torch.channels_last)
                 with self.autocast():
-                    losses = t.train_step(real_a, real_b, step, self)
+                    losses = t.train_step(real_a, real_b, step, self.ctx)
                 with warnings.catch_warnings():
                     # schedules advance every iteration even when a method skips an optimizer on some
                     # iterations (DRIT's content-D-only steps): torch's order warning does not apply

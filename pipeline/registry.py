@@ -12,7 +12,7 @@ import inspect
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.contract import ContractError, Translator
+from pipeline.contract import PRETRAINING_METHODS, ContractError, Translator
 from pipeline.errors import suggest
 from pipeline.offline import PROJECT_ROOT
 
@@ -43,9 +43,14 @@ def _translator_class(module_name: str, path: Path) -> type[Translator]:
                             "set name to the directory name")
     if not dataclasses.is_dataclass(cls.Config):
         raise ContractError(f"{init}: {cls.__name__}.Config must be a dataclass of the method's defaults")
-    for method in ("configure_optimizers", "train_step", "translate"):
+    for method in ("configure_optimizers", "train_step", "translate", "translate_b2a"):
         if getattr(cls, method) is getattr(Translator, method):
             raise ContractError(f"{init}: {cls.__name__} does not implement {method}(); see pipeline/contract.py")
+    if cls.has_pretraining:
+        missing = [m for m in PRETRAINING_METHODS if not callable(getattr(cls, m, None))]
+        if missing:
+            raise ContractError(f"{init}: {cls.__name__} sets has_pretraining but does not implement {missing[0]}() "
+                                f"({PRETRAINING_METHODS[missing[0]]}); see pipeline/contract.py")
     return cls
 
 

@@ -56,3 +56,12 @@ def cli_env(extra: dict | None = None) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra or {})
     return env
+
+
+def ready(translator, iterations: int = 10):
+    """A translator ready for `train_step` outside the engine: its optimizers made (kept on it, as the contract
+    says) and the one-process CPU step context that the engine would hand it."""
+    from pipeline.contract import StepContext
+
+    translator.configure_optimizers(iterations)
+    return StepContext()

@@ -13,8 +13,8 @@ from baselines.cyclegan import CycleGAN
 from baselines.cyclegan.config import CycleGANConfig
 from baselines.cyclegan.image_pool import ImagePool
 from baselines.cyclegan.losses import discriminator_loss, gan_loss
-from pipeline.engine import Engine, EngineSettings
 from pipeline.schema import build_dataclass
+from conftest import ready
 
 torch.set_num_threads(1)
 PROFILES = yaml.safe_load((Path(__file__).resolve().parents[1] / "baselines/cyclegan/profiles.yaml").read_text())
@@ -28,11 +28,6 @@ def ci_translator(seed: int = 0) -> CycleGAN:
     torch.manual_seed(seed)
     return CycleGAN(build_dataclass(CycleGANConfig, PROFILES["ci"], "ci"), in_channels=1, image_size=64)
 
-
-def engine_for(t, tmp_path, iterations=10) -> Engine:
-    eng = Engine(t, EngineSettings(iterations=iterations, progress=False, device="cpu"), ckpt_dir=tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = t.configure_optimizers(iterations)
-    return eng
 
 
 def test_official_parameter_counts():
@@ -123,7 +118,7 @@ def test_schedule_constant_then_linear_to_zero(tmp_path):
 
 def test_train_step_translate_and_pool_state(tmp_path):
     t = ci_translator()
-    eng = engine_for(t, tmp_path)
+    eng = ready(t)
     torch.manual_seed(1)
     a, b = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
     before_g = [p.detach().clone() for p in t.gen_ab.parameters()]

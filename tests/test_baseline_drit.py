@@ -12,8 +12,8 @@ import yaml
 from baselines.drit import DRIT, DRITConfig
 from baselines.drit.model import (content_adversarial_loss_g, is_content_only_step, kl_attribute, lr_factor,
                                   mode_seeking_loss, split_halves)
-from pipeline.engine import Engine, EngineSettings
 from pipeline.schema import build_dataclass
+from conftest import ready
 
 torch.set_num_threads(1)
 PROFILES = Path(__file__).resolve().parent.parent / "baselines" / "drit" / "profiles.yaml"
@@ -23,11 +23,6 @@ def ci_model(image_size: int = 64) -> DRIT:
     cfg = build_dataclass(DRITConfig, yaml.safe_load(PROFILES.read_text())["ci"], "profiles.yaml.ci")
     return DRIT(cfg, in_channels=1, image_size=image_size)
 
-
-def engine_for(t: DRIT, tmp_path, iterations: int = 10) -> Engine:
-    eng = Engine(t, EngineSettings(iterations=iterations, progress=False), ckpt_dir=tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = t.configure_optimizers(iterations)
-    return eng
 
 
 def images(seed: int = 0, b: int = 2, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +99,7 @@ def test_d_iter_schedule(tmp_path):
     assert [is_content_only_step(s, 3) for s in range(9)] == [True, True, False] * 3
     assert not any(is_content_only_step(s, 1) for s in range(4))
     t = ci_model()
-    eng = engine_for(t, tmp_path)
+    eng = ready(t)
     a, b = images()
     nets = ["enc_c", "enc_a", "gen", "dis_content", "dis_a", "dis_b", "dis_a2", "dis_b2"]
 
@@ -158,8 +153,8 @@ def test_too_small_for_content_discriminator():
 # --------------------------------------------------------------------------------------------------------------------
 def test_train_step_and_translate_ci(tmp_path):
     t = ci_model()
-    eng = engine_for(t, tmp_path)
-    assert eng.optimizers["dis_content"].param_groups[0]["lr"] == pytest.approx(1e-4 / 2.5)
+    eng = ready(t)
+    assert t.optimizers["dis_content"].param_groups[0]["lr"] == pytest.approx(1e-4 / 2.5)
     a, b = images()
     content_only = t.train_step(a, b, 0, eng)
     full = t.train_step(a, b, 2, eng)

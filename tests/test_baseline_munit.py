@@ -12,8 +12,8 @@ import yaml
 import baselines.munit.networks as munit_networks
 from baselines.munit import MUNIT
 from baselines.munit.networks import AdaINGen, MsImageDis, adain, discriminator_loss, generator_loss
-from pipeline.engine import Engine, EngineSettings
 from pipeline.schema import build_dataclass
+from conftest import ready
 
 PROFILES = Path(__file__).resolve().parents[1] / "baselines" / "munit" / "profiles.yaml"
 
@@ -51,11 +51,6 @@ def ci_config():
         build_dataclass(MUNIT.Config, overrides, f"munit/profiles.yaml.{name}")
     return build_dataclass(MUNIT.Config, values["ci"], "munit/profiles.yaml.ci")
 
-
-def make_engine(t, tmp_path, iterations=10):
-    eng = Engine(t, EngineSettings(iterations=iterations, progress=False), ckpt_dir=tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = t.configure_optimizers(iterations)
-    return eng
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,7 +144,7 @@ def test_one_train_step_and_translation(ci_config, tmp_path):
     t = MUNIT(ci_config, in_channels=1, image_size=64)
     a, b = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
     before = t.gen_a.mlp.model[0].weight.detach().clone()
-    losses = t.train_step(a, b, 0, make_engine(t, tmp_path))
+    losses = t.train_step(a, b, 0, ready(t))
     assert {"dis", "gen_adv", "gen_recon_x", "gen_recon_s", "gen_recon_c", "gen_cyc_x", "gen_total"} <= set(losses)
     assert all(np.isfinite(v) and isinstance(v, float) for v in losses.values())
     assert not torch.equal(before, t.gen_a.mlp.model[0].weight)
@@ -163,7 +158,7 @@ def test_one_train_step_and_translation(ci_config, tmp_path):
 def test_cycle_term_can_be_switched_off(ci_config, tmp_path):
     torch.manual_seed(0)
     t = MUNIT(dataclasses.replace(ci_config, recon_x_cyc_w=0.0), in_channels=1, image_size=64)
-    losses = t.train_step(torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64), 0, make_engine(t, tmp_path))
+    losses = t.train_step(torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64), 0, ready(t))
     assert "gen_cyc_x" not in losses
     # total = 10 x + 1 s + 1 c + 1 adv, from the reported parts
     expected = losses["gen_adv"] + 10 * losses["gen_recon_x"] + losses["gen_recon_s"] + losses["gen_recon_c"]

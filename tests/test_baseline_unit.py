@@ -12,8 +12,8 @@ import yaml
 from baselines.unit import UNIT
 from baselines.unit.networks import LayerNorm, MsImageDis, discriminator_loss, generator_loss
 from baselines.unit.model import kl_unit_gaussian
-from pipeline.engine import Engine, EngineSettings
 from pipeline.schema import build_dataclass
+from conftest import ready
 
 PROFILES = Path(__file__).resolve().parents[1] / "baselines" / "unit" / "profiles.yaml"
 
@@ -48,11 +48,6 @@ def ci_config():
     return build_dataclass(UNIT.Config, values["ci"], "unit/profiles.yaml.ci")
 
 
-def make_engine(t, tmp_path, iterations=10):
-    eng = Engine(t, EngineSettings(iterations=iterations, progress=False), ckpt_dir=tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = t.configure_optimizers(iterations)
-    return eng
-
 
 # ---------------------------------------------------------------------------------------------------------------
 def test_parameter_counts_official_settings():
@@ -76,7 +71,7 @@ def test_shared_layer_variant_shares_two_residual_blocks(ci_config, tmp_path):
     # training keeps them tied and the optimiser sees each parameter once
     torch.manual_seed(0)
     small = UNIT(dataclasses.replace(ci_config, share_layers=True), in_channels=1, image_size=64)
-    eng = make_engine(small, tmp_path)
+    eng = ready(small)
     small.train_step(torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1, 0, eng)
     ids = [id(p) for g in small.opt_g.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids))
@@ -97,7 +92,7 @@ def test_train_step_reports_kl_of_the_encoder_output(ci_config, tmp_path):
     with torch.no_grad():  # the encoders are deterministic; the noise is added after h
         h_a, h_b = t.gen_a.encode(a).numpy(), t.gen_b.encode(b).numpy()
     expected = np.mean(h_a.astype(np.float64) ** 2) + np.mean(h_b.astype(np.float64) ** 2)
-    losses = t.train_step(a, b, 0, make_engine(t, tmp_path))
+    losses = t.train_step(a, b, 0, ready(t))
     assert losses["gen_kl"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -164,7 +159,7 @@ def test_one_train_step_and_translation(ci_config, tmp_path):
     t = UNIT(ci_config, in_channels=1, image_size=64)
     a, b = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
     before = t.gen_a.enc.stem[0][1].weight.detach().clone()
-    losses = t.train_step(a, b, 0, make_engine(t, tmp_path))
+    losses = t.train_step(a, b, 0, ready(t))
     assert {"dis", "gen_adv", "gen_recon_x", "gen_kl", "gen_cyc_x", "gen_kl_cyc", "gen_total"} <= set(losses)
     assert all(np.isfinite(v) and isinstance(v, float) for v in losses.values())
     assert not torch.equal(before, t.gen_a.enc.stem[0][1].weight)  # the G update happened

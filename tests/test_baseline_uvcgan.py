@@ -17,6 +17,7 @@ from baselines.uvcgan.masking import mask_patches
 from baselines.uvcgan.networks import PatchDiscriminator, ViTUNetGenerator
 from pipeline.engine import Engine, EngineSettings
 from pipeline.schema import build_dataclass
+from conftest import ready
 
 torch.set_num_threads(1)
 PROFILES = yaml.safe_load((Path(__file__).resolve().parents[1] / "baselines/uvcgan/profiles.yaml").read_text())
@@ -30,11 +31,6 @@ def ci_translator(seed: int = 0) -> UVCGAN:
     torch.manual_seed(seed)
     return UVCGAN(build_dataclass(UVCGANConfig, PROFILES["ci"], "ci"), in_channels=1, image_size=64)
 
-
-def engine_for(t, tmp_path, iterations=10) -> Engine:
-    eng = Engine(t, EngineSettings(iterations=iterations, progress=False, device="cpu"), ckpt_dir=tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = t.configure_optimizers(iterations)
-    return eng
 
 
 def vit_unet_count_by_hand(c: int, feats: list[int], f: int, heads_unused: int, blocks: int, ffn: int, e: int) -> int:
@@ -166,7 +162,7 @@ def test_schedule_constant_then_linear_anneal():
 
 def test_train_step_translate_and_pool_state(tmp_path):
     t = ci_translator()
-    eng = engine_for(t, tmp_path)
+    eng = ready(t)
     torch.manual_seed(1)
     a, b = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
     before = [p.detach().clone() for p in t.disc_a.parameters()]

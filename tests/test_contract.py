@@ -10,6 +10,7 @@ import torch
 from pipeline import registry
 from pipeline.contract import Translation, Translator
 from pipeline.engine import Engine, EngineSettings, export_weights, safe_load, seed_everything
+from conftest import ready
 
 SIZE = 64
 
@@ -28,12 +29,6 @@ def batch(seed: int = 0, n: int = 2):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(n, 1, SIZE, SIZE, generator=g) * 2 - 1, torch.rand(n, 1, SIZE, SIZE, generator=g) * 2 - 1)
 
-
-def engine_for(t: Translator, tmp_path, iterations: int = 4) -> Engine:
-    eng = Engine(t, EngineSettings(iterations=iterations, progress=False, device="cpu", checkpoint_every=1,
-                                   log_every=1), tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = t.configure_optimizers(iterations)
-    return eng
 
 
 METHODS = registry.names()
@@ -54,7 +49,7 @@ def test_class_attributes(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_one_train_step_and_translate(name, tmp_path):
     t = build(name)
-    eng = engine_for(t, tmp_path)
+    eng = ready(t)
     a, b = batch()
     t.train()
     losses = t.train_step(a, b, 0, eng)
@@ -79,9 +74,9 @@ def test_determinism_under_a_seed(name, tmp_path):
         assert torch.equal(v1, v2), k
     a, b = batch()
     torch.manual_seed(5)
-    l1 = t1.train_step(a, b, 0, engine_for(t1, tmp_path / "1"))
+    l1 = t1.train_step(a, b, 0, ready(t1))
     torch.manual_seed(5)
-    l2 = t2.train_step(a, b, 0, engine_for(t2, tmp_path / "2"))
+    l2 = t2.train_step(a, b, 0, ready(t2))
     assert l1 == l2
     assert build(name, seed=4).state_dict().keys() == t1.state_dict().keys()
 

@@ -11,9 +11,9 @@ import yaml
 from ours import Ours
 from ours.losses import normalise_mask
 from pipeline.config import METHOD_PROFILE, PROFILES
-from pipeline.engine import Engine, EngineSettings
 from pipeline.offline import PROJECT_ROOT
 from pipeline.schema import ConfigError, build_dataclass
+from conftest import ready
 
 PROFILE_FILE = PROJECT_ROOT / "ours" / "profiles.yaml"
 SWITCH_TERMS = {"aaspm": ("p_upper", "p_repul"), "fa": ("structural", "style"), "lca": ("classifier",),
@@ -41,11 +41,6 @@ def batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(2, 1, 64, 64, generator=g) * 2 - 1, torch.rand(2, 1, 64, 64, generator=g) * 2 - 1
 
-
-def engine(model, tmp_path, iterations=10):
-    eng = Engine(model, EngineSettings(iterations=iterations, progress=False, device="cpu"), tmp_path, seed=0)
-    eng.optimizers, eng.schedulers = model.configure_optimizers(iterations)
-    return eng
 
 
 def test_profiles_have_the_four_profiles_and_validate():
@@ -128,7 +123,7 @@ def test_no_prior_is_built_when_fa_and_lca_are_off():
 def test_one_train_step_logs_every_term_and_keeps_the_prior_frozen(tmp_path):
     model = build()
     prior_before = {k: v.clone() for k, v in model.prior.state_dict().items()}
-    eng = engine(model, tmp_path)
+    eng = ready(model)
     opt_params = {id(p) for o in model.optimizers.values() for g in o.param_groups for p in g["params"]}
     assert not opt_params & {id(p) for p in model.prior.parameters()}
     assert all(not p.requires_grad for p in model.prior.parameters())
@@ -164,7 +159,7 @@ def test_translate_returns_blended_image_and_mask(tmp_path):
 def test_resnet_generator_and_one_sided_variant_train(tmp_path):
     for overrides in ({"generator": "resnet"}, {"symmetric": False}):
         model = build(**overrides)
-        losses = model.train_step(*batch(), 0, engine(model, tmp_path / str(len(overrides))))
+        losses = model.train_step(*batch(), 0, ready(model))
         assert all(math.isfinite(v) for v in losses.values()), overrides
     assert not hasattr(build(symmetric=False), "dis_pair_b")
 

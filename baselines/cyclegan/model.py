@@ -67,7 +67,7 @@ class CycleGAN(Translator):
         schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in optimizers.items()}
         return optimizers, schedulers
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, engine) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
         c = self.cfg
         fake_b = self.gen_ab(real_a)
         rec_a = self.gen_ba(fake_b)
@@ -88,7 +88,7 @@ class CycleGAN(Translator):
             loss_idt_a = c.lambda_a * c.lambda_identity * (self.gen_ba(real_a) - real_a).abs().mean()
             loss_g = loss_g + loss_idt_a + loss_idt_b
             losses.update(idt_a=loss_idt_a.item(), idt_b=loss_idt_b.item())
-        engine.backward(loss_g)
+        ctx.backward(loss_g)
         self.opt_gen.step()
 
         # discriminators: real vs a pooled (detached) fake; upstream queries the fake_B pool first
@@ -98,7 +98,7 @@ class CycleGAN(Translator):
         pooled_a = self.pool_a.query(fake_a)
         loss_d_b = discriminator_loss(self.disc_b(real_b), self.disc_b(pooled_b), c.gan_mode)
         loss_d_a = discriminator_loss(self.disc_a(real_a), self.disc_a(pooled_a), c.gan_mode)
-        engine.backward(loss_d_a + loss_d_b)  # disjoint parameters: same gradients as two backward calls
+        ctx.backward(loss_d_a + loss_d_b)  # disjoint parameters: same gradients as two backward calls
         self.opt_disc.step()
 
         losses.update(g_ab=loss_gan_ab.item(), g_ba=loss_gan_ba.item(), cycle_a=loss_cycle_a.item(),

@@ -176,30 +176,30 @@ class DRIT(Translator):
             o, lambda it, t=total_iterations: lr_factor(it, t, c.decay_start)) for n, o in self.optimizers.items()}
         return self.optimizers, self.schedulers
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, engine) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
         if is_content_only_step(step, self.cfg.d_iter):
-            return self.update_content_dis(real_a, real_b, engine)
+            return self.update_content_dis(real_a, real_b, ctx)
         out = self.forward_train(real_a, real_b)
-        losses = self.update_discriminators(out, engine)
-        losses.update(self.update_encoders_generator(out, engine))
+        losses = self.update_discriminators(out, ctx)
+        losses.update(self.update_encoders_generator(out, ctx))
         names = list(losses)
         values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
         return dict(zip(names, values))
 
-    def update_content_dis(self, real_a: torch.Tensor, real_b: torch.Tensor, engine) -> dict[str, float]:
+    def update_content_dis(self, real_a: torch.Tensor, real_b: torch.Tensor, ctx) -> dict[str, float]:
         """Official update_D_content: the content D alone, on the encoded half."""
         with torch.no_grad():
             c_a = self.enc_c.forward_a(split_halves(real_a)[0])
             c_b = self.enc_c.forward_b(split_halves(real_b)[0])
-        loss = self._content_dis_step(c_a, c_b, engine)
+        loss = self._content_dis_step(c_a, c_b, ctx)
         return {"d_content": loss.item()}
 
-    def _content_dis_step(self, c_a: torch.Tensor, c_b: torch.Tensor, engine) -> torch.Tensor:
+    def _content_dis_step(self, c_a: torch.Tensor, c_b: torch.Tensor, ctx) -> torch.Tensor:
         """Content D: B's content code is 'real' (1), A's 'fake' (0); gradient norm clipped, lr / 2.5."""
         opt = self.optimizers["dis_content"]
         opt.zero_grad(set_to_none=True)
         loss = bce(self.dis_content(c_b.detach()), 1.0) + bce(self.dis_content(c_a.detach()), 0.0)
-        engine.backward(loss)
+        ctx.backward(loss)
         torch.nn.utils.clip_grad_norm_(self.dis_content.parameters(), self.cfg.content_grad_clip)
         opt.step()
         return loss.detach()
@@ -238,7 +238,7 @@ class DRIT(Translator):
                     fake_aa=fake_aa, fake_bb=fake_bb, rand_a=list(rand_a), rand_b=list(rand_b), rec_a=rec_a,
                     rec_b=rec_b, mu2_a=mu2_a, mu2_b=mu2_b)
 
-    def update_discriminators(self, out: dict, engine) -> dict[str, torch.Tensor]:
+    def update_discriminators(self, out: dict, ctx) -> dict[str, torch.Tensor]:
         """Official update_D: disA/disB on encoded fakes, disA2/disB2 on random-z fakes (with the second random z
         each fake adds its own real+fake BCE, as two backward_D calls would), then the content D."""
         jobs = {"dis_a": (out["a_enc"], [out["fake_a"]]), "dis_a2": (out["a_rand"], out["rand_a"]),
@@ -252,10 +252,10 @@ class DRIT(Translator):
             for logits in net(torch.cat([real] + [f.detach() for f in fakes])):  # one pass over real and fakes
                 real_logits, *fake_logits = logits.split(sizes)
                 loss = loss + sum(bce(real_logits, 1.0) + bce(f, 0.0) for f in fake_logits)
-            engine.backward(loss)
+            ctx.backward(loss)
             opt.step()
             losses["d_" + name[4:]] = loss.detach()
-        losses["d_content"] = self._content_dis_step(out["c_a"], out["c_b"], engine)
+        losses["d_content"] = self._content_dis_step(out["c_a"], out["c_b"], ctx)
         return losses
 
     def generator_losses(self, out: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -285,7 +285,7 @@ class DRIT(Translator):
                                      + mode_seeking_loss(*out["rand_a"], z1, z2, c.ms_eps))
         return eg, alone
 
-    def update_encoders_generator(self, out: dict, engine) -> dict[str, torch.Tensor]:
+    def update_encoders_generator(self, out: dict, ctx) -> dict[str, torch.Tensor]:
         """Official update_EG: step E_c, E_a, G on L_EG, then E_c, G again on L_alone.
 
         The official code back-propagates L_alone through the graph retained from before the first step, which
@@ -304,11 +304,11 @@ class DRIT(Translator):
         attr = list(self.enc_a.parameters())  # stepped on L_EG only (official)
         for p in shared + attr:
             p.grad = None
-        engine.backward(loss_eg, retain_graph=True)
+        ctx.backward(loss_eg, retain_graph=True)
         grads_eg = [p.grad for p in shared + attr]
         for p in shared + attr:
             p.grad = None
-        engine.backward(loss_alone)
+        ctx.backward(loss_alone)
         grads_alone = [p.grad for p in shared]
 
         for p, g in zip(shared + attr, grads_eg):

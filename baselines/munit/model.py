@@ -135,7 +135,7 @@ class MUNIT(Translator):
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, step_size=step_size, gamma=c.lr_gamma)
         return {"gen": self.opt_g, "dis": self.opt_d}, {"gen": self.sched_g, "dis": self.sched_d}
 
-    def train_step(self, real_a, real_b, step, engine):
+    def train_step(self, real_a, real_b, step, ctx):
         c = self.cfg
         n = real_a.shape[0]
         style_a, style_b = self.random_style(n, real_a), self.random_style(n, real_b)
@@ -154,7 +154,7 @@ class MUNIT(Translator):
         loss_dis_a = discriminator_loss(*real_fake_outputs(self.dis_a, real_a, fake_ba.detach()), c.gan_type)
         loss_dis_b = discriminator_loss(*real_fake_outputs(self.dis_b, real_b, fake_ab.detach()), c.gan_type)
         loss_dis = c.gan_w * (loss_dis_a + loss_dis_b)
-        engine.backward(loss_dis)
+        ctx.backward(loss_dis)
         self.opt_d.step()
 
         # --- G update
@@ -176,7 +176,7 @@ class MUNIT(Translator):
             loss_cyc = l1(cyc_a, real_a) + l1(cyc_b, real_b)
             loss = loss + c.recon_x_cyc_w * loss_cyc
             losses["gen_cyc_x"] = loss_cyc.item()
-        engine.backward(loss)
+        ctx.backward(loss)
         self.opt_g.step()
         losses["gen_total"] = loss.item()
         return losses

@@ -142,7 +142,7 @@ class UNIT(Translator):
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, step_size=step_size, gamma=c.lr_gamma)
         return {"gen": self.opt_g, "dis": self.opt_d}, {"gen": self.sched_g, "dis": self.sched_d}
 
-    def train_step(self, real_a, real_b, step, engine):
+    def train_step(self, real_a, real_b, step, ctx):
         c = self.cfg
         n = real_a.shape[0]
         # Generator forward, shared by the D and the G update (G's weights do not change in between; the official
@@ -158,7 +158,7 @@ class UNIT(Translator):
         loss_dis_a = discriminator_loss(*real_fake_outputs(self.dis_a, real_a, fake_ba.detach()), c.gan_type)
         loss_dis_b = discriminator_loss(*real_fake_outputs(self.dis_b, real_b, fake_ab.detach()), c.gan_type)
         loss_dis = c.gan_w * (loss_dis_a + loss_dis_b)
-        engine.backward(loss_dis)
+        ctx.backward(loss_dis)
         self.opt_d.step()
 
         # --- G update
@@ -181,7 +181,7 @@ class UNIT(Translator):
                 loss_cyc = l1(cyc_a, real_a) + l1(cyc_b, real_b)
                 loss = loss + c.recon_x_cyc_w * loss_cyc
                 losses["gen_cyc_x"] = loss_cyc.item()
-        engine.backward(loss)
+        ctx.backward(loss)
         self.opt_g.step()
         losses["gen_total"] = loss.item()
         return losses

@@ -92,7 +92,7 @@ class UVCGAN(Translator):
         gp = gradient_penalty(disc, real, fake, c.gp_lambda, c.gp_constant, c.gp_type)
         return loss + gp, gp
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, engine) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
         c = self.cfg
         a, b = to_unit(real_a), to_unit(real_b)
         fake_b = self.gen_ab(a)
@@ -113,7 +113,7 @@ class UVCGAN(Translator):
             loss_idt_a = c.lambda_a * c.lambda_identity * (self.gen_ba(a) - a).abs().mean()
             loss_g = loss_g + loss_idt_a + loss_idt_b
             losses.update(idt_a=loss_idt_a.item(), idt_b=loss_idt_b.item())
-        engine.backward(loss_g)
+        ctx.backward(loss_g)
         self.opt_gen.step()
 
         set_requires_grad([self.disc_a, self.disc_b], True)
@@ -122,7 +122,7 @@ class UVCGAN(Translator):
         pooled_b = self.pool_b.query(fake_b)
         loss_d_b, gp_b = self._disc_loss(self.disc_b, b, pooled_b)
         loss_d_a, gp_a = self._disc_loss(self.disc_a, a, pooled_a)
-        engine.backward(loss_d_a + loss_d_b)
+        ctx.backward(loss_d_a + loss_d_b)
         self.opt_disc.step()
 
         losses.update(g_ab=loss_gan_ab.item(), g_ba=loss_gan_ba.item(), cycle_a=loss_cycle_a.item(),
@@ -150,7 +150,7 @@ class UVCGAN(Translator):
                                                                      eta_min=scale * c.pretrain_base_eta_min)
         return {"pretrain": self.opt_pretrain}, {"pretrain": sched}
 
-    def pretrain_step(self, images: torch.Tensor | Sequence[torch.Tensor], step: int, engine) -> dict[str, float]:
+    def pretrain_step(self, images: torch.Tensor | Sequence[torch.Tensor], step: int, ctx) -> dict[str, float]:
         """images: (real_a, real_b), each (B, 1, H, W) in [-1, 1] (upstream `joint`: L1(a) + L1(b)), or one tensor.
 
         Each image loses ~40 % of its patches (set to 0 in [0, 1], i.e. -1 in suite range); G_ab reconstructs the whole
@@ -165,7 +165,7 @@ class UVCGAN(Translator):
         targets = [to_unit(x) for x in groups]
         masked = [mask_patches(x, self.mask_patch_size(x.shape[-1]), c.pretrain_mask_fraction) for x in targets]
         losses = [(self.gen_ab(m) - x).abs().mean() for m, x in zip(masked, targets)]
-        engine.backward(sum(losses))
+        ctx.backward(sum(losses))
         self.opt_pretrain.step()
         return {n: loss.item() for n, loss in zip(names, losses)}
 

@@ -37,8 +37,8 @@ class MaskedPretraining(Translator):
     def configure_optimizers(self, total_iterations: int):
         return self._owner[0].configure_pretraining(total_iterations)
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, engine) -> dict[str, float]:
-        return self._owner[0].pretrain_step((real_a, real_b), step, engine)
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
+        return self._owner[0].pretrain_step((real_a, real_b), step, ctx)
 
     @torch.no_grad()
     def translate(self, x: torch.Tensor) -> Translation:
