@@ -86,7 +86,8 @@ def mask_diagnostics(translator: "Translator", probe: Probe) -> dict[str, float]
         mask_b = translator.translate(probe.b).mask
     finally:
         translator.train(was_training)
-    out = {"diag_mask_area_opacity": float(mask_a.float().mean()), "diag_mask_area_normal": float(mask_b.float().mean())}
+    out = {"diag_mask_area_opacity": float(mask_a.float().mean()),
+           "diag_mask_area_normal": float(mask_b.float().mean())}
     if probe.opacity is not None:
         scores = mask_a.float().flatten(1).cpu().numpy()
         truth = probe.opacity.flatten(1).cpu().numpy()

@@ -296,7 +296,8 @@ class EngineSettings:
 
 
 class Engine:
-    """Runs a translator's training loop. Translators see only `self.ctx` (a StepContext: device, backward(loss), autocast(), rank, world_size).
+    """Runs a translator's training loop. Translators see only `self.ctx`, a StepContext: device, backward(loss),
+    autocast(), rank, world_size.
 
     Under torchrun (WORLD_SIZE > 1) the engine joins the process group when it is created and then:
     - broadcasts rank 0's parameters and buffers at the start and after a resume (identical replicas);
