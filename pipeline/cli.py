@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (offline switches first)
 from pipeline.errors import CxrbenchError, suggest
-from pipeline.offline import PROJECT_ROOT
+from pipeline.offline import PROJECT_ROOT, ROOT_SOURCE
 
 
 def _params(args):
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if ROOT_SOURCE == "package" and args.fn is not cmd_models:
+            raise CxrbenchError(f"{Path.cwd()} is not inside a cxrbench checkout (no dvc.yaml and pipeline/profiles/ "
+                                "here or above): cd into your checkout, or set CXRBENCH_ROOT to it")
         args.fn(args)
     except (CxrbenchError, FileNotFoundError) as exc:
         if os.environ.get("CXRBENCH_DEBUG"):

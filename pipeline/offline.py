@@ -8,19 +8,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-def _project_root() -> Path:
-    """The checkout the pipeline works in: $CXRBENCH_ROOT, else the current folder when it is a cxrbench checkout
-    (so `dvc exp run --queue` copies and test copies write into themselves, not into the installed checkout), else
-    the folder this package lives in."""
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout whose code is running
+
+
+def find_checkout(start: Path) -> Path | None:
+    """The nearest folder at or above `start` that is a cxrbench checkout (dvc.yaml and pipeline/profiles/)."""
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "pipeline" / "profiles").is_dir():
+            return folder
+    return None
+
+
+def _project_root() -> tuple[Path, str]:
+    """(the checkout the pipeline works in, how it was found): $CXRBENCH_ROOT; else the checkout at or above the
+    current folder (so a subfolder of a second checkout, `dvc exp run --queue` copies and test copies work in
+    themselves, never in the installed checkout); else, outside any checkout, the folder of this package, which
+    the CLI refuses (`pipeline.cli`: one line saying so)."""
     if os.environ.get("CXRBENCH_ROOT"):
-        return Path(os.environ["CXRBENCH_ROOT"]).resolve()
-    cwd = Path.cwd()
-    if (cwd / "dvc.yaml").is_file() and (cwd / "pipeline" / "profiles").is_dir():
-        return cwd.resolve()
-    return Path(__file__).resolve().parent.parent
+        return Path(os.environ["CXRBENCH_ROOT"]).resolve(), "CXRBENCH_ROOT"
+    found = find_checkout(Path.cwd().resolve())
+    return (found, "cwd") if found else (PACKAGE_ROOT, "package")
 
 
-PROJECT_ROOT = _project_root()
+PROJECT_ROOT, ROOT_SOURCE = _project_root()
 
 _SWITCHES = {
     "HF_HUB_OFFLINE": "1",  # timm / smp pretrained lookups would retry for ~24 s and then fail

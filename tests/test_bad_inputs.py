@@ -489,3 +489,40 @@ def test_classifiers_for_a_model_that_is_not_configured(project, capsys):
     msg = cli_error(["--params", str(edited), "classifiers"], capsys)
     assert_one_line(msg, "eval.classify_models", "'cyclegann'", "list trained models only")
     assert snapshot(root) == before
+
+
+def test_cli_outside_any_checkout_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    env = cli_env()
+    env.pop("CXRBENCH_ROOT", None)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "check"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"{tmp_path.resolve()} is not inside a cxrbench checkout" in r.stderr and "CXRBENCH_ROOT" in r.stderr
+    assert not (tmp_path / "params.yaml").exists() and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_root_is_the_checkout_above_the_current_folder(tmp_path):
+    """Run from a subfolder of a second checkout: that checkout, not the one the code was installed from."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    other = tmp_path / "second"
+    (other / "pipeline" / "profiles").mkdir(parents=True)
+    (other / "dvc.yaml").write_text("stages: {}\n")
+    (other / "data" / "sub").mkdir(parents=True)
+    env = cli_env({"PYTHONPATH": str(PROJECT_ROOT)})
+    env.pop("CXRBENCH_ROOT", None)
+    code = "from pipeline.offline import PROJECT_ROOT, ROOT_SOURCE; print(PROJECT_ROOT, ROOT_SOURCE)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=other / "data" / "sub", env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.split() == [str(other.resolve()), "cwd"], r.stderr
+    r = subprocess.run([sys.executable, "-c", code], cwd=other / "data", env={**env, "CXRBENCH_ROOT": str(tmp_path)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == [str(tmp_path.resolve()), "CXRBENCH_ROOT"], r.stderr

@@ -259,7 +259,7 @@ def test_ui_listens_on_loopback_only(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = cli_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ui.db'}"})
+    env = cli_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ui.db'}", "CXRBENCH_ROOT": str(PROJECT_ROOT)})
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
