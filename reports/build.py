@@ -14,7 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from eval.fid_kid import DIAGNOSTIC_SPACES
 from pipeline.config import Params
+from pipeline.io import write_json
 from pipeline.offline import PROJECT_ROOT
 from reports import figures as figs
 from reports import tables as tabs
@@ -131,6 +133,27 @@ def _placeholder(path: Path, text: str) -> Path:
     return figs._save(fig, path)
 
 
+def headline_metrics(inp: Inputs, tables: list) -> dict[str, Any]:
+    """The small file for `dvc metrics show` / `dvc exp show` (metrics/headline.json): the headline FID of every
+    Table 1 row that has one (Original, the reference rows, the methods), rounded to 0.1, null where its evaluator
+    is not competent or the number is missing. The space is the first available non-diagnostic FID space of
+    eval.fid_extractors (Inception when its weights are there, else the independent evaluator's);
+    everything else (KID, intervals, N, per-image values) stays in the per-stage metric files and the tables."""
+    status = inp.fid_space_status()
+    spaces = [s for s in inp.fid_spaces() if s not in DIAGNOSTIC_SPACES and status[s].get("status") == "ok"]
+    table1 = next((t for t in tables if t.name == "table1"), None)
+    if not spaces or table1 is None:
+        return {"fid": {}}
+    k = tabs.space_key(spaces[0])
+    fid = {}
+    for row in table1.rows:
+        value = row.get(f"fid_{k}")
+        ok = row.get(f"{k}_competent", True)
+        if row.get("model"):
+            fid[row["model"]] = round(float(value), 1) if isinstance(value, (int, float)) and ok else None
+    return {"fid": fid}
+
+
 def build_reports(params: Params, root: Path | None = None) -> dict[str, Any]:
     """Write reports/ under `root` (default: the project) and log the MLflow summary; returns what was written."""
     root = Path(root) if root else PROJECT_ROOT
@@ -140,6 +163,7 @@ def build_reports(params: Params, root: Path | None = None) -> dict[str, Any]:
     files: list[Path] = []
     for t in tables:
         files += list(t.write(reports / "tables"))
+    write_json(root / "metrics" / "headline.json", headline_metrics(inp, tables))  # for dvc metrics show
     problems: list[str] = []
     written: dict[str, Path] = {}
     for name, fn in figs.FIGURES.items():

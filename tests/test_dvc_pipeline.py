@@ -1,6 +1,8 @@
 """`dvc repro` end to end on the ci profile, in a clean copy of the project (as a fresh clone would be)."""
 from __future__ import annotations
 
+import csv
+import json
 import re
 import subprocess
 
@@ -42,6 +44,21 @@ def test_dag_shows_the_graph(ci_project):
     for edge in (("data", "prior"), ("prior", "train@ours"), ("train@ours", "translate@ours"),
                  ("translate@ours", "evaluate@ours"), ("evaluate@ours", "report"), ("segmenters", "evaluate@ours")):
         assert edge in edges, edge
+
+
+def test_metrics_show_is_the_small_headline_table(ci_project):
+    """One metrics file (the headline FID of each Table 1 row), not the 1,500 values of the stage files."""
+    dest, env, _ = ci_project
+    out = _run(["dvc", "metrics", "show"], dest, env).stdout
+    assert "metrics/headline.json" in out and "metrics/fidkid" not in out, out
+    assert max(len(line) for line in out.splitlines()) <= 200, out
+    headline = json.loads((dest / "metrics" / "headline.json").read_text())
+    rows = {r["model"]: r for r in csv.DictReader(open(dest / "reports" / "tables" / "table1.csv"))
+            if r.get("model") and r["source"] == "this run"}
+    assert set(headline["fid"]) == set(rows) and {"original", "identity", "ours"} <= set(rows)
+    for model, value in headline["fid"].items():
+        cell = rows[model]["fid_cxr_evaluator"]
+        assert (value is None and cell == "") or value == pytest.approx(float(cell), abs=0.051), (model, value, cell)
 
 
 def test_first_repro_runs_every_stage_and_writes_outputs(ci_project):

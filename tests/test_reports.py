@@ -214,6 +214,8 @@ def _evaluate(root: Path, params: Params, models) -> None:
         write_training(root, m, params.seeds)
     (root / "models" / "prior").mkdir(parents=True)
     (root / "models" / "prior" / "prior.pt").write_bytes(b"stand-in prior: features are faked")
+    (root / "models" / "evaluator").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "evaluator" / "evaluator.pt").write_bytes(b"stand-in evaluator: features are faked")
     for name in SEGMENTER_LEVELS:
         (root / "models" / "segmenters").mkdir(parents=True, exist_ok=True)
         (root / "models" / "segmenters" / f"{name}.pt").write_bytes(name.encode())
@@ -662,3 +664,15 @@ def test_floor_and_ceiling_rows_and_the_competence_gate(project, tmp_path):
 def read_csv_all(table, root: Path) -> list[dict[str, str]]:
     table.write(root / "reports" / "tables")
     return read_csv(root / "reports" / "tables" / f"{table.name}.csv")
+
+
+def test_headline_metrics_are_table1s_competent_fids(project):
+    """metrics/headline.json (the one file `dvc metrics show` reads): Table 1's headline FID per row, rounded."""
+    root, _ = project
+    head = json.loads((root / "metrics" / "headline.json").read_text())["fid"]
+    rows = {r["model"]: r for r in read_csv(root / "reports" / "tables" / "table1.csv")}
+    assert set(head) == set(rows) and len(head) >= 3
+    for model, value in head.items():
+        cell = rows[model]["fid_cxr_evaluator"]
+        assert (value is None and cell == "") or value == pytest.approx(float(cell), abs=0.051), (model, value)
+    assert any(v is not None for v in head.values())
