@@ -1,4 +1,4 @@
-"""The paper's equations, one function each (paper.md section 3), plus the LSGAN pieces of ACL-GAN's L_adv.
+"""The paper's equations, one function each (its section 3), plus the LSGAN pieces of ACL-GAN's L_adv.
 
 Conventions: masks are (B, 1, H, W) in [0, 1] after `normalise_mask`; images (B, C, H, W) in [-1, 1]; prior
 features (B, 1024, h, w); prior logits (B, 14). Every loss returns a scalar tensor. `reduction` is how the pixel

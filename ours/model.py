@@ -1,4 +1,4 @@
-"""The proposed method (paper.md section 3) as a cxrbench Translator.
+"""The proposed method (the paper's section 3) as a cxrbench Translator.
 
 Domain A = opacity, B = normal. G_A: opacity -> normal (gen_a), G_B: normal -> opacity (gen_b). Every translation
 is blended by Eq. 1 with the generator's own mask. One training step, for a batch x_a, x_b (ACL-GAN's forward, run

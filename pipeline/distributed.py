@@ -286,8 +286,8 @@ class GradientAverager:
       become `self.gen_a.module.encode` in every method. Here checkpoints and exported weights keep the
       single-process keys, and a checkpoint moves freely between 1-process and torchrun runs;
     - GAN steps forward D with requires_grad off inside the G step and may call backward several times per step;
-      DDP then needs find_unused_parameters and exactly one backward per forward of each wrapper (suite-anchors
-      4.3, pitfalls 1 and 4). Here the parameters to average are simply those that received a gradient in this
+      DDP then needs find_unused_parameters and exactly one backward per forward of each wrapper (two known
+      pitfalls of DDP with GANs). Here the parameters to average are simply those that received a gradient in this
       backward call (post-accumulate-grad hooks), agreed between ranks by one small all_reduce of flags: a
       parameter used on any rank is averaged on all (a rank that did not use it contributes zero, as its samples
       would in a 1-process run over the global batch).

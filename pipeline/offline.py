@@ -1,4 +1,4 @@
-"""Offline by construction: the switches of reference/offline.md, set before any library is imported.
+"""Offline by construction: the switches below (each with why), set before any library is imported.
 
 Every entry point of the project imports `pipeline` first, which imports this module. Values already set by the
 user are kept (setdefault), so a user who *wants* a download can still allow it explicitly.

@@ -1,4 +1,4 @@
-"""The published numbers of paper.md (Tables 1-3 and the Figure 6 claim), typed in once, for side-by-side columns.
+"""The paper's published numbers (Tables 1-3 and the Figure 6 claim), typed in once, for side-by-side columns.
 
 Units as printed in the paper: FID and KID raw; mIoU, mIoU delta and sensitivity in %; Table 2 scores in [0, 1].
 The paper's Table 1 column groups map to our evaluation sets: MIMIC_seg -> ards_like, RSNA_seg -> rsna_like,

@@ -1,7 +1,7 @@
 """The paper's tables (and the supplementary ones) from the metric files, as markdown + CSV.
 
 Every table has two blocks: "This run" (the numbers of the metric files, mean +- std over seeds) and "Paper" (the
-published numbers of paper.md, or a line saying the paper publishes none). The CSV holds both, told apart by its
+paper's published numbers, or a line saying the paper publishes none). The CSV holds both, told apart by its
 `source` column ("this run" / "paper"), at full precision; the markdown rounds. A row whose inputs are absent keeps
 its place with empty numbers and a `status` that says why ("not run in profile ci", "missing metrics/...: run ...",
 "n/a: the model has no activation masks"); nothing is ever filled in.
@@ -79,7 +79,7 @@ class Table:
                     w.writerow({k: _csv_value(v) for k, v in {**r, "source": source}.items() if not k.startswith("_")})
         lines = [f"# {self.title}", "", *[f"- {n}" for n in self.notes], "", "## This run", "",
                  markdown(self.columns, self.rows)]
-        lines += ["", "## Paper (published numbers, paper.md)", ""]
+        lines += ["", "## Paper (published numbers)", ""]
         if self.paper_note:
             lines += [self.paper_note, ""]
         if self.paper_rows:
@@ -636,7 +636,7 @@ def table_segmenters(inp: Inputs) -> Table:
     return Table("table_segmenters", "Supplementary table: lung segmentation per segmenter", notes, cols, rows,
                  paper_note=("The paper publishes only the mean over its four segmenters (Table 1 above, "
                              "table1.md); its per-segmenter numbers are in its Supplementary Material, which "
-                             "paper.md does not include."))
+                             "the paper does not include."))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def ci_config():
 # ---------------------------------------------------------------------------------------------------------------
 def test_parameter_counts_official_settings():
     t = UNIT(UNIT.Config(), in_channels=3, image_size=256)
-    # reference (baselines.md 2.2) = the hand derivation from the official layer definitions
+    # the independent architecture summary = the hand derivation from the official layer definitions
     assert vaegen_count(3) == 11_140_483 and msdis_count(3) == 8_271_171
     assert n_params(t.gen_a) == n_params(t.gen_b) == 11_140_483
     assert n_params(t.dis_a) == n_params(t.dis_b) == 8_271_171

@@ -91,3 +91,22 @@ def test_a_planted_violation_is_reported_with_file_and_name(tmp_path):
         "pipeline/engine.py:2: core module pipeline.engine imports eval.fid_kid (eval)",
         "pipeline/engine.py:2: core module pipeline.engine imports eval.fid_kid.fid_fast (eval)",
     ]
+
+
+def test_no_file_points_outside_the_project():
+    """Docs and comments say things in the project's own words: no pointer to notes outside the checkout."""
+    import re
+
+    outside = re.compile(r"\.\./shared|shared/reference|reference/\w+\.md|\b(offline|baselines|suite-anchors|DESIGN|"
+                         r"paper)\.md\b")
+    offenders = []
+    for pattern in ("*.py", "*.md", "*.toml", "*.yaml", "Makefile"):
+        for path in PROJECT_ROOT.rglob(pattern):
+            rel = path.relative_to(PROJECT_ROOT)
+            if rel.parts[0] in (".venv", ".git", "data", "outputs", "models", "checkpoints", "cache") or \
+                    rel.parts[:2] == ("reports", "published") or "egg-info" in rel.parts[0]:
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if outside.search(line) and "test_no_file_points_outside" not in line and "outside = re" not in line:
+                    offenders.append(f"{rel}:{n}: {line.strip()[:80]}")
+    assert offenders == []

@@ -317,7 +317,7 @@ def test_table1_rows_columns_and_numbers(project):
     ours = rows[-1]
     md = (root / "reports" / "tables" / "table1.md").read_text()
     assert f"{num(ours['rsna_like_miou']):.2f} ± {num(ours['rsna_like_miou_std']):.2f}" in md
-    assert "## This run" in md and "## Paper (published numbers, paper.md)" in md and "67.18" in md
+    assert "## This run" in md and "## Paper (published numbers)" in md and "67.18" in md
     assert "`inception`: **unavailable**" in md and "weights-inception-2015-12-05-6726825d.pth" in md
     assert "Profile `paper`" in md and "seeds [0, 1]" in md and "N = 3 translated opacity" in md
     # the fixture's better fake translators remove more opacity: segmentation and FID order follow
