@@ -47,16 +47,17 @@ class TrainParams:
                               doc="random crop side as a fraction of the image side, then resize (paper: 'randomly "
                                   "cropped then resized', fraction not stated)")
     hflip: bool = param(False, source="assumed", doc="horizontal flips; off because a CXR is not left-right symmetric")
-    checkpoint_every: int = param(5_000, min=1, doc="iterations between checkpoints (and one at the end)")
-    keep_checkpoints: int = param(2, min=1, doc="how many of the newest checkpoints to keep")
-    log_every: int = param(100, min=1, doc="iterations between logged loss rows")
-    device: Literal["auto", "cpu", "cuda"] = param("auto")
+    checkpoint_every: int = param(5_000, min=1, doc="iterations between checkpoints (and one at the end)", result=False)
+    keep_checkpoints: int = param(2, min=1, doc="how many of the newest checkpoints to keep", result=False)
+    log_every: int = param(100, min=1, doc="iterations between logged loss rows", result=False)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", result=False,
+                                                   doc="a run may resume on another device")
     precision: Literal["auto", "fp32", "bf16"] = param("auto", doc="auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: bool = param(True, doc="channels_last memory format on CUDA")
     compile: bool = param(False, doc="torch.compile the translator's networks (CUDA)")
     deterministic: bool = param(False, doc="torch deterministic algorithms (slower; used by the resume tests)")
-    num_workers: int = param(0, min=0, max=64, doc="data loader worker processes")
-    threads: int = param(0, min=0, max=256, doc="torch CPU threads (0 = torch default)")
+    num_workers: int = param(0, min=0, max=64, doc="data loader worker processes (stateless sampling)", result=False)
+    threads: int = param(0, min=0, max=256, doc="torch CPU threads (0 = torch default)", result=False)
 
 
 @dataclass

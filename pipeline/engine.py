@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import distributed
+from pipeline.config import TrainParams
 from pipeline.contract import Probe, StepContext, Translator
 from pipeline.errors import CxrbenchError
 from pipeline.io import atomic_torch_save, atomic_write, write_json  # noqa: F401  (atomic_torch_save re-exported)
@@ -279,19 +280,10 @@ def _fmt(v: Any) -> str:
 # The engine
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
-class EngineSettings:
-    iterations: int
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 50
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    deterministic: bool = False
-    num_workers: int = 0
-    crop_scale: float = 1.0
-    hflip: bool = False
+class EngineSettings(TrainParams):
+    """The engine's settings are params.yaml's `train` section (same fields, same defaults: tests and `cxrbench
+    bench` train with the pipeline's crop), plus whether to draw a progress bar."""
+
     progress: bool = True
 
 

@@ -21,12 +21,21 @@ class ConfigError(CxrbenchError, ValueError):
 
 
 def param(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, min: float | None = None,
-          max: float | None = None, doc: str = "", source: str = "", choices: tuple | None = None) -> Any:
-    """A dataclass field with validation metadata: inclusive bounds, documentation, provenance (paper/official/assumed)."""
-    meta = {"min": min, "max": max, "doc": doc, "source": source, "choices": choices}
+          max: float | None = None, doc: str = "", source: str = "", choices: tuple | None = None,
+          result: bool = True) -> Any:
+    """A dataclass field with validation metadata: inclusive bounds, documentation, provenance (paper/official/assumed)
+    and `result`: whether the value changes what a run computes (False: logging, checkpoint cadence, threads...; a
+    checkpoint of another such value still resumes, see `result_values`)."""
+    meta = {"min": min, "max": max, "doc": doc, "source": source, "choices": choices, "result": result}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def result_values(obj: Any) -> dict[str, Any]:
+    """The plain values of a params dataclass that change a run's result (fields declared with result=False left
+    out): what a checkpoint fingerprint is built from."""
+    return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("result", True)}
 
 
 # --------------------------------------------------------------------------------------------------------------------

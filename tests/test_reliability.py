@@ -138,13 +138,13 @@ def killed_training(initial, ckpt: Path, method: str, marker: str, *, mid_step: 
     def body(say):
         engine = make_engine(initial, ckpt, method)  # the child's own copy of the untrained translator
         if mid_step is not None:  # after the first backward of step `mid_step`, before its optimizer step
-            real_backward = engine.backward
+            real_backward = engine.ctx.backward
 
             def backward(loss, **kw):
                 real_backward(loss, **kw)
                 if engine.step == mid_step:
                     block(say, marker)
-            engine.backward = backward
+            engine.ctx.backward = backward  # what train_step calls
         if in_save is not None:  # half of the checkpoint's bytes are on disk when the kill lands
             real_save = torch.save
 

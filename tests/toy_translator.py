@@ -52,19 +52,19 @@ class ToyTranslator(Translator):
             return old
         return fake.detach()
 
-    def train_step(self, real_a, real_b, step, engine):
+    def train_step(self, real_a, real_b, step, ctx):
         noise = 0.01 * torch.randn_like(real_a) if self.cfg.stochastic else 0.0
         fake_b = self.g(real_a + noise)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = ((self.d(fake_b) - 1) ** 2).mean() + (fake_b - real_a).abs().mean()
         if step == self.cfg.nan_at_step:
             loss_g = loss_g * float("nan")
-        engine.backward(loss_g)
+        ctx.backward(loss_g)
         self.opt_g.step()
         self.opt_d.zero_grad(set_to_none=True)
         pooled = self._pool_query(fake_b)
         loss_d = 0.5 * ((self.d(real_b) - 1) ** 2).mean() + 0.5 * (self.d(pooled) ** 2).mean()
-        engine.backward(loss_d)
+        ctx.backward(loss_d)
         self.opt_d.step()
         return {"g": loss_g.item(), "d": loss_d.item()}
 

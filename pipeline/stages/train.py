@@ -5,6 +5,7 @@ processes, see pipeline/distributed.py): every rank trains, rank 0 alone logs to
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,15 +20,12 @@ from pipeline.data.canonical import load_images, load_masks, read_manifest
 from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything, to_model_range
 from pipeline.io import write_json
 from pipeline.layout import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash
+from pipeline.schema import result_values
 
 
 def engine_settings(params: Params, progress: bool = True) -> EngineSettings:
-    t = params.train
-    return EngineSettings(iterations=t.iterations, checkpoint_every=t.checkpoint_every,
-                          keep_checkpoints=t.keep_checkpoints, log_every=t.log_every, device=t.device,
-                          precision=t.precision, channels_last=t.channels_last, compile=t.compile,
-                          deterministic=t.deterministic, num_workers=t.num_workers, crop_scale=t.crop_scale,
-                          hflip=t.hflip, progress=progress)
+    """The validated train parameters, as they are, plus whether to draw a progress bar."""
+    return EngineSettings(**dataclasses.asdict(params.train), progress=progress)
 
 
 def load_training_images(root: Path):
@@ -92,11 +90,9 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
     for seed in seeds if seeds is not None else params.seeds:
         seed_everything(seed, params.train.deterministic)
         translator = build_translator(params, model)
-        fp = {"cfg": to_plain(cfg), "train": to_plain(params.train), "resolution": params.data.resolution,
+        # only settings that change the trained weights (schema `result=True`): changing the others resumes
+        fp = {"cfg": to_plain(cfg), "train": result_values(params.train), "resolution": params.data.resolution,
               "data": data_hash, "code": code_hash}
-        # settings that do not change the trained weights stay out of the fingerprint: changing them resumes
-        for k in ("progress", "num_workers", "threads", "device", "log_every", "keep_checkpoints", "checkpoint_every"):
-            fp["train"].pop(k, None)
         with tracking.stage_run("train", model=model, seed=seed, profile=params.profile,
                                 params={"method": entry.method, "cfg": to_plain(cfg), "train": to_plain(params.train),
                                         "resolution": params.data.resolution},
