@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pipeline import registry
-from pipeline.engine import Engine, EngineSettings, seed_everything, select_device
+from pipeline.engine import Engine, EngineSettings, compile_networks, seed_everything, select_device
 
 # dense bf16 peak (no sparsity), FLOP/s, by device-name substring
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
@@ -59,6 +59,8 @@ def bench_translator(name: str, size: int, batch: int, steps: int, device: torch
     if device.type == "cuda":
         t.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(device)
+    if compile_model:
+        compile_networks(t)
     eng = Engine(t, EngineSettings(iterations=steps + 2, progress=False, device=device.type, precision=precision),
                  Path("/tmp/cxrbench-bench"), seed=0)
     eng.optimizers, eng.schedulers = t.configure_optimizers(steps + 2)

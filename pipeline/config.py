@@ -54,7 +54,8 @@ class TrainParams:
                                                    doc="a run may resume on another device")
     precision: Literal["auto", "fp32", "bf16"] = param("auto", doc="auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: bool = param(True, doc="channels_last memory format on CUDA")
-    compile: bool = param(False, doc="torch.compile the translator's networks (CUDA)")
+    compile: bool = param(False, doc="torch.compile each trainable network in place (forward calls; CPU and CUDA; "
+                                     "the first steps pay the compile time)")
     deterministic: bool = param(False, doc="torch deterministic algorithms (slower; used by the resume tests)")
     num_workers: int = param(0, min=0, max=64, doc="data loader worker processes (stateless sampling)", result=False)
     threads: int = param(0, min=0, max=256, doc="torch CPU threads (0 = torch default)", result=False)

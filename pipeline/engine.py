@@ -482,6 +482,8 @@ class Engine:
         t.to(self.device)
         if self.device.type == "cuda" and s.channels_last:
             t.to(memory_format=torch.channels_last)
+        if s.compile:
+            compile_networks(t)
         distributed.broadcast_module(t)  # every rank starts from rank 0's weights (no-op in a single process)
         t.train()
         self.optimizers, self.schedulers = t.configure_optimizers(s.iterations)
@@ -555,6 +557,19 @@ class Engine:
         if distributed.broadcast_object(final):
             self.save_checkpoint()
         return last
+
+
+def compile_networks(translator: Translator) -> list[str]:
+    """train.compile: torch.compile each trainable child network in place (`nn.Module.compile`), so state-dict keys,
+    checkpoints and exported weights stay those of the eager run. Only `forward` calls go through the compiled
+    graph: networks a method drives through other methods (ours' and MUNIT's encode/decode) run eagerly.
+    Returns the names compiled (idempotent: a second call compiles nothing new)."""
+    done = []
+    for name, child in translator.named_children():
+        if getattr(child, "_compiled_call_impl", None) is None and any(p.requires_grad for p in child.parameters()):
+            child.compile()
+            done.append(name)
+    return done
 
 
 def oom_message(label: str, t: Translator, exc: BaseException) -> str:
