@@ -13,7 +13,11 @@ Test sets (real images for Original and Generated, the masks of the same images 
   (default: the rsna_like test normals, which come from the training detector; `jsrt_like` = normals from another
   detector). Either way positives and negatives differ in more than opacity (AP geometry and ICU devices vs PA, or
   the detector), which the reader of the ARDS column must keep in mind; the real MIMIC-ARDS set has the same issue.
-Batches are class-balanced (half of each label); AdamW with cosine decay; the prediction is the arg-max class.
+Batches are class-balanced (half of each label), each image a random square crop of side U[crop_scale, 1] resized
+back, flipped left-right half of the time (the evaluator's augmentation); AdamW (weight decay 1e-2) with cosine decay;
+the prediction is the arg-max class. Why augment: without it every architecture memorises the few hundred training
+images (training AUROC 0.93-0.98, test 0.62-0.73 on the DRR benchmark at 64 px); with it ResNet-50 and DenseNet-121
+reach 0.85-0.86 on the test split in 300 iterations (cpu-rank, measured).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from torch import nn
 
 from eval.sets import EvalError, to_model_range
 from eval.stats import auroc, binary_scores
+from pipeline.engine import random_crop_resize
 
 ARCHITECTURES = ("resnet50", "mobilenetv3_large_100", "efficientnet_b0", "densenet121")
 DISPLAY = {"resnet50": "ResNet-50", "mobilenetv3_large_100": "MobileNet", "efficientnet_b0": "EfficientNet-B0",
@@ -43,8 +48,10 @@ def build_classifier(arch: str) -> nn.Module:
 
 
 def train_classifier(arch: str, images: np.ndarray, labels: np.ndarray, *, iterations: int, batch_size: int,
-                     lr: float, seed: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Train on uint8 (N, H, W) inputs (images, or masks * 255) and 0/1 labels; returns (model in eval mode, log)."""
+                     lr: float, seed: int, device: torch.device,
+                     crop_scale: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
+    """Train on uint8 (N, H, W) inputs (images, or masks * 255) and 0/1 labels; returns (model in eval mode, log).
+    crop_scale < 1 turns on the augmentation (random crop of side U[crop_scale, 1] resized back + left-right flip)."""
     labels = np.asarray(labels).astype(np.int64)
     classes = [np.flatnonzero(labels == c) for c in (0, 1)]
     if any(len(c) == 0 for c in classes):
@@ -52,17 +59,22 @@ def train_classifier(arch: str, images: np.ndarray, labels: np.ndarray, *, itera
                         "both opacity and normal examples are needed")
     torch.manual_seed(seed)
     model = build_classifier(arch).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations)
     x_all, y_all = to_model_range(images), torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(seed)
+    aug = np.random.default_rng(seed)
+    size = x_all.shape[-1]
     half = max(1, batch_size // 2)
     model.train()
     t0, losses = time.time(), []
     for _ in range(iterations):
         idx = np.concatenate([c[torch.randint(len(c), (half,), generator=gen).numpy()] for c in classes])
         idx_t = torch.from_numpy(idx)
-        loss = F.cross_entropy(model(x_all[idx_t].to(device)), y_all[idx_t].to(device))
+        x = x_all[idx_t]
+        if crop_scale < 1.0:
+            x = torch.stack([random_crop_resize(img, size, crop_scale, True, aug) for img in x])
+        loss = F.cross_entropy(model(x.to(device)), y_all[idx_t].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -71,6 +83,7 @@ def train_classifier(arch: str, images: np.ndarray, labels: np.ndarray, *, itera
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
     return model, {"arch": arch, "iterations": iterations, "batch_size": 2 * half, "lr": lr, "seed": seed,
+                   "crop_scale": crop_scale,
                    "n_train": int(len(labels)), "n_positive": int(labels.sum()), "final_loss": float(np.mean(tail)),
                    "seconds": round(time.time() - t0, 2)}
 

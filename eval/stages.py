@@ -439,7 +439,8 @@ def _train_and_test(params: Params, device: torch.device, train_x: np.ndarray, t
     out = {}
     for arch in ev.classifiers:
         model, log = cls_mod.train_classifier(arch, train_x, train_y, iterations=ev.cls_iterations,
-                                              batch_size=ev.cls_batch_size, lr=ev.cls_lr, seed=ev.seed, device=device)
+                                              batch_size=ev.cls_batch_size, lr=ev.cls_lr, seed=ev.seed, device=device,
+                                              crop_scale=ev.cls_crop_scale)
         out[arch] = {"train": log, **{name: cls_mod.score(model, x, y, device, ev.batch_size)
                                       for name, (x, y) in tests.items()}}
         del model
@@ -458,7 +459,7 @@ def run_classifiers(params: Params, root: Path | None = None) -> dict[str, Any]:
     tests = _classifier_test_sets(params, layout)
     real_tests = {name: _test_inputs(parts, None, "image") for name, parts in tests.items()}
     settings = {"classifiers": list(ev.classifiers), "iterations": ev.cls_iterations, "batch_size": ev.cls_batch_size,
-                "lr": ev.cls_lr, "seed": ev.seed, "ards_negatives": ev.ards_negatives, "max_images": ev.max_images,
+                "lr": ev.cls_lr, "crop_scale": ev.cls_crop_scale, "seed": ev.seed, "ards_negatives": ev.ards_negatives, "max_images": ev.max_images,
                 "test_sets": {name: {"n": int(len(y)), "n_positive": int(y.sum())}
                               for name, (_, y) in real_tests.items()}}
     labels = (train["domain"] == "opacity").to_numpy().astype(int)

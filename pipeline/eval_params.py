@@ -100,6 +100,9 @@ class EvalParams:
     cls_iterations: int = param(5_000, min=1, source="assumed")
     cls_batch_size: int = param(16, min=1, source="assumed")
     cls_lr: float = param(1e-3, min=0.0, source="assumed", doc="AdamW learning rate, cosine decay to 0")
+    cls_crop_scale: float = param(0.9, min=0.1, max=1.0, source="assumed",
+                                  doc="augmentation: random square crops of side U[scale, 1] resized back + left-right "
+                                      "flips; 1 = none (without it the classifiers memorise the training images)")
     ards_negatives: Literal["rsna_like", "jsrt_like"] = param(
         "rsna_like", doc="negatives of the ARDS test set (ards_like has only opacity images): the rsna_like test "
                          "normals (same detector as training) or the jsrt_like normals (another detector)")

@@ -69,6 +69,31 @@ def test_train_and_predict():
                             device=torch.device("cpu"))
 
 
+def test_augmentation_feeds_crops_and_flips_not_the_stored_images(monkeypatch):
+    """crop_scale < 1: the network sees randomly cropped/flipped images (almost never the stored pixels) and the
+    log records the setting; crop_scale = 1: it sees exactly the stored images."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (4, 32, 32)).astype(np.uint8)
+    labels = np.array([0, 0, 1, 1])
+    stored = cm.to_model_range(images)
+    real_build = cm.build_classifier
+    for scale in (1.0, 0.5):
+        seen: list[torch.Tensor] = []
+
+        def build(arch, _seen=seen):
+            net = real_build(arch)
+            net.register_forward_pre_hook(lambda _m, args: _seen.append(args[0].detach().clone()))
+            return net
+
+        monkeypatch.setattr(cm, "build_classifier", build)
+        _, log = cm.train_classifier("resnet50", images, labels, iterations=3, batch_size=4, lr=1e-3, seed=0,
+                                     device=torch.device("cpu"), crop_scale=scale)
+        assert log["crop_scale"] == scale and len(seen) == 3
+        verbatim = [any(torch.equal(x, s) for s in stored) for batch in seen for x in batch]
+        # a crop can cover the whole image (side rounds to 32) and skip the flip: rare, never most of the batches
+        assert all(verbatim) if scale == 1.0 else sum(verbatim) <= len(verbatim) // 4
+
+
 def test_score_reports_the_auroc_of_the_opacity_logit_margin():
     """The classifier's competence is threshold-free: AUROC of logit(opacity) - logit(normal), counted by hand."""
 
