@@ -15,7 +15,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test ui bench clean-outputs publish-cpu-rank
+.PHONY: install repro test browser ui bench clean-outputs publish-cpu-rank
 
 install: $(STAMP)
 
@@ -42,8 +42,18 @@ publish-cpu-rank: install
 	$(BIN)/cxrbench publish cpu-rank --log cpu-rank.log --run-command "make publish-cpu-rank" \
 	  --wall-seconds $$((end - start))
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install browser
+	$(BIN)/python -m pytest -q --durations=15
+
+# The results page (reports/index.html) is tested in a real browser: Debian's chromium, installed here when it is
+# missing and we may (root with apt-get); otherwise the browser test says how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian package) for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the browser test will say so"; \
+	  else echo "chromium missing and not root: install it (apt-get install chromium) for the browser test"; fi
 
 ui: install
 	$(BIN)/cxrbench ui --port $(UI_PORT)

@@ -1,4 +1,5 @@
-"""Binary opacity classifiers trained on original images, translated images and activation masks (DESIGN 5.4; Table 2).
+"""Binary opacity classifiers trained on original images, translated images and activation masks (Table 2;
+eval/README.md).
 
 Four timm architectures (resnet50, mobilenetv3_large_100, efficientnet_b0, densenet121; pretrained=False, in_chans=1,
 num_classes=2). Label 1 = opacity, 0 = normal. Training data, all from the training split of data/drr:
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,7 @@ from torch import nn
 from eval.sets import EvalError, to_model_range
 from eval.stats import auroc, binary_scores
 from pipeline.engine import random_crop_resize
+from pipeline.progress import bar
 
 ARCHITECTURES = ("resnet50", "mobilenetv3_large_100", "efficientnet_b0", "densenet121")
 DISPLAY = {"resnet50": "ResNet-50", "mobilenetv3_large_100": "MobileNet", "efficientnet_b0": "EfficientNet-B0",
@@ -39,8 +42,6 @@ DISPLAY = {"resnet50": "ResNet-50", "mobilenetv3_large_100": "MobileNet", "effic
 
 
 def build_classifier(arch: str) -> nn.Module:
-    import timm
-
     try:
         return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=2)  # offline: never pretrained
     except RuntimeError as exc:
@@ -68,7 +69,7 @@ def train_classifier(arch: str, images: np.ndarray, labels: np.ndarray, *, itera
     half = max(1, batch_size // 2)
     model.train()
     t0, losses = time.time(), []
-    for _ in range(iterations):
+    for _ in bar(range(iterations), desc=f"classifier {arch}"):
         idx = np.concatenate([c[torch.randint(len(c), (half,), generator=gen).numpy()] for c in classes])
         idx_t = torch.from_numpy(idx)
         x = x_all[idx_t]

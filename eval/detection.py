@@ -1,4 +1,4 @@
-"""Lesion counts before and after translation with a YOLOv5 detector (DESIGN 5.3; paper Figure 6).
+"""Lesion counts before and after translation with a YOLOv5 detector (eval/README.md; paper Figure 6).
 
 The detector (ultralytics 8.4, built from `yolov5n.yaml` / `yolov5s.yaml` without weights, or from a local .pt the
 user names) is trained once on the opacity boxes of data/drr (train split; val split for validation; normal images
@@ -36,8 +36,8 @@ def switch_off_integrations() -> None:
     """ultralytics settings: every integration that phones home or writes tracking files off (persisted in
     $YOLO_CONFIG_DIR/settings.json, which pipeline.offline keeps inside the project). Also puts a font named
     Arial.ttf there (matplotlib's DejaVuSans): the dataset check looks for it and would fetch it from GitHub."""
-    import matplotlib
-    from ultralytics import settings
+    import matplotlib  # lazy, like every ultralytics import here: after pipeline's offline switches, and
+    from ultralytics import settings  # ultralytics takes ~3 s to import, which only the detector stages pay
     from ultralytics.utils import USER_CONFIG_DIR
 
     if any(settings.get(k) is not False for k in NETWORK_SETTINGS):

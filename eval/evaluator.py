@@ -27,10 +27,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from pipeline.data.canonical import NIH14
 from pipeline.engine import random_crop_resize, to_model_range
 from pipeline.errors import CxrbenchError
+from pipeline.io import atomic_torch_save
 
 EVALUATOR_FORMAT = "cxrbench-evaluator-v1"
 OUTPUTS = (*NIH14, "opacity_domain")  # the 14 findings + "is this an opacity-domain image"
@@ -75,8 +77,6 @@ def train_evaluator(images_uint8: np.ndarray, targets: np.ndarray, *, arch: str,
                     batch_size: int, lr: float, seed: int, device: torch.device,
                     progress: bool = True) -> tuple[EvaluatorNet, dict[str, Any]]:
     """Train from scratch with BCE on random crops (side U[0.9, 1] of the image); AdamW, cosine decay to 0."""
-    from tqdm.auto import tqdm
-
     if len(images_uint8) < 2:
         raise EvaluatorError("evaluator: its training split has fewer than 2 images; raise data.val_opacity / "
                              "data.val_normal or set eval.evaluator_split")
@@ -121,8 +121,6 @@ def predict(net: EvaluatorNet, images_uint8: np.ndarray, device: torch.device, b
 
 
 def save_evaluator(net: EvaluatorNet, path: Path, info: dict[str, Any]) -> None:
-    from pipeline.io import atomic_torch_save
-
     atomic_torch_save({"format": EVALUATOR_FORMAT, "config": net.config(), "outputs": list(OUTPUTS),
                        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                        "mean_auroc": info.get("mean_auroc")}, Path(path))

@@ -33,8 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import norm
-
-import pipeline  # noqa: F401  (offline switches before torch-fidelity is imported)
 from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -42,6 +40,9 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+import pipeline  # noqa: F401  (offline switches before torch-fidelity is imported)
+from eval.evaluator import load_evaluator
+from eval.sets import read_pngs
 from pipeline.io import atomic_write
 from pipeline.prior import load_prior
 
@@ -112,8 +113,6 @@ class FeatureExtractorCxrEvaluator(_CxrExtractor):
 
     @staticmethod
     def load(path: str):
-        from eval.evaluator import load_evaluator
-
         return load_evaluator(path, device="cpu")
 
 
@@ -224,7 +223,12 @@ def extract_features(paths: list[Path], extractor: Extractor, batch_size: int = 
     fe = create_feature_extractor(TORCH_FIDELITY_NAMES[extractor.name], [layer], cuda=cuda, verbose=False,
                                   feature_extractor_weights_path=str(extractor.weights))
     dataset = ImagesPathDataset(sorted(str(Path(p).resolve()) for p in paths))
-    feats = get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, True, False)  # save_cpu_ram, quiet
+    try:
+        feats = get_featuresdict_from_dataset(dataset, fe, batch_size, cuda, True, False)  # save_cpu_ram, quiet
+    except (OSError, SyntaxError, ValueError):  # torch-fidelity's loader does not say which file: find it
+        for path in paths:
+            read_pngs([Path(path)])  # raises EvalError naming the missing / truncated file and the fix
+        raise
     return feats[layer].numpy().astype(np.float32)
 
 
@@ -238,7 +242,7 @@ def _files_digest(paths: list[Path]) -> str:
 
 def cache_key(paths: list[Path], extractor: Extractor, batch_size: int) -> dict[str, Any]:
     """Everything that changes the reference features: image bytes, extractor, its weights, library versions."""
-    import torch_fidelity
+    import torch_fidelity  # lazy: only the Inception space and the cache key need it (start-up ~1 s)
 
     return {"images_sha256": _files_digest(paths), "n": len(paths), "extractor": extractor.name,
             "weights_sha256": extractor.sha256, "torch_fidelity": torch_fidelity.__version__,

@@ -1,4 +1,4 @@
-"""Paired metrics on the DRR benchmark (DESIGN 5.5; beyond the paper): the clean twin is hidden ground truth.
+"""Paired metrics on the DRR benchmark (eval/README.md; beyond the paper): the clean twin is hidden ground truth.
 
 For each opacity image x with twin t (the same rendering without findings), true opacity mask O and lung mask L, and
 its translation y = G(x) with activation mask m (all intensities scaled to [0, 1]):

@@ -11,7 +11,7 @@ def lesion_boxplot(results: dict[str, dict[str, Any]], eval_set: str, out_png: P
     `results` maps a display name to the JSON of run_lesions (metrics/lesions/<model>.json). Uses the first seed
     unless `seed` is given; the two-sided Wilcoxon p-value is printed under each model's box.
     """
-    import matplotlib
+    import matplotlib  # lazy: the Agg backend is chosen before pyplot is imported; only figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

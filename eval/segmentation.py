@@ -1,4 +1,4 @@
-"""Lung segmentation before and after translation (DESIGN 5.2; paper Table 1 and the per-segmenter table).
+"""Lung segmentation before and after translation (eval/README.md; paper Table 1 and the per-segmenter table).
 
 Four segmenters: PSPNet and U-Net (ResNet-34 encoder), a VGG16-BN U-Net (segmentation-models-pytorch, no pretrained
 weights, 1 input channel) and CE-Net (eval/cenet.py). Each is trained once on the lung masks of the *normal* training
@@ -25,13 +25,14 @@ from torch import nn
 
 from eval.cenet import CENet
 from eval.sets import EvalError, load_mask, load_original, read_pngs, to_model_range
+from pipeline.progress import bar
 
 SEGMENTERS = ("pspnet", "unet", "cenet", "vgg16bn_unet")
 
 
 def build_segmenter(name: str) -> nn.Module:
     """(B, 1, H, W) in [-1, 1] -> lung logits (B, 1, H, W)."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # lazy: after pipeline's offline switches (it imports huggingface_hub)
 
     common = dict(encoder_weights=None, in_channels=1, classes=1)  # offline: never download encoder weights
     if name == "pspnet":
@@ -79,7 +80,7 @@ def train_segmenter(name: str, images: np.ndarray, masks: np.ndarray, iterations
         raise EvalError("segmenter training needs at least 2 normal training images with lung masks (BatchNorm)")
     model.train()
     t0, losses = time.time(), []
-    for _ in range(iterations):
+    for _ in bar(range(iterations), desc=f"segmenter {name}"):
         idx = torch.randperm(len(x_all), generator=gen)[:bs]
         loss = dice_bce_loss(model(x_all[idx].to(device)), y_all[idx].to(device))
         opt.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pipeline.data import canonical  # module attributes, so tests can stand in for the readers
 from pipeline.errors import CxrbenchError
 from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout
 
@@ -30,11 +31,9 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def _manifest(dataset_dir: Path) -> pd.DataFrame:
-    from pipeline.data.canonical import read_manifest
-
     if not (dataset_dir / "manifest.csv").exists():
         raise EvalError(f"{dataset_dir / 'manifest.csv'}: not found; run `dvc repro data` first")
-    return read_manifest(dataset_dir)
+    return canonical.read_manifest(dataset_dir)
 
 
 def cap_rows(df: pd.DataFrame, max_images: int) -> pd.DataFrame:
@@ -74,27 +73,36 @@ def train_rows(layout: Layout, split: str = "train", max_images: int = 0) -> tup
 
 def load_original(dataset_dir: Path, rows: pd.DataFrame, column: str = "image") -> np.ndarray:
     """uint8 (N, H, W) images of the manifest rows (column "twin": their clean twins)."""
-    from pipeline.data.canonical import load_images
-
-    return load_images(dataset_dir, rows, column)
+    return canonical.load_images(dataset_dir, rows, column)
 
 
 def load_mask(dataset_dir: Path, rows: pd.DataFrame, column: str) -> np.ndarray:
     """bool (N, H, W) masks (lung_mask, opacity_mask) of the manifest rows; a missing path is an error."""
-    from pipeline.data.canonical import load_masks
-
     missing = rows[rows[column].fillna("").astype(str) == ""]
     if len(missing):
         raise EvalError(f"{dataset_dir / 'manifest.csv'}: {column} is empty for id {missing['id'].iloc[0]!r} "
                         f"({len(missing)} rows); this evaluation needs it for every image of the set")
-    return load_masks(dataset_dir, rows, column)
+    return canonical.load_masks(dataset_dir, rows, column)
 
 
 def read_pngs(paths: list[Path]) -> np.ndarray:
     """8-bit grayscale PNGs -> uint8 (N, H, W)."""
     if not paths:
         return np.zeros((0, 0, 0), np.uint8)
-    return np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.uint8) for p in paths])
+    return np.stack([_read_png(Path(p)) for p in paths])
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise EvalError(f"{path}: missing; rerun the stage that writes it (`dvc repro` reruns translate for a "
+                        "changed or deleted output)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: truncated / not a PNG / corrupt chunk
+        why = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise EvalError(f"{path}: truncated or corrupt image ({why}); delete it and rerun `dvc repro` (its stage "
+                        "writes it again)") from None
 
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:

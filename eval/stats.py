@@ -1,5 +1,5 @@
 """Small statistics shared by the evaluators: seed averages, confusion-matrix scores, the exact Wilcoxon
-signed-rank test, bootstrap intervals and paired differences. The AUROC is the core's (pipeline.prior.auroc),
+signed-rank test, bootstrap intervals and paired differences. The AUROC is the core's (pipeline.auroc),
 re-exported here so that the whole project has one.
 
 Every function takes plain numpy arrays / lists and returns plain Python numbers (JSON-ready). Conventions that a
@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from pipeline.prior import auroc  # noqa: F401  (the one AUROC: rank statistic, ties count one half)
+from pipeline.auroc import auroc  # noqa: F401  (the one AUROC: rank statistic, ties count one half)
 
 
 def mean_std(values: Iterable[float | None]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ on a [-1, 1] scale over backgrounds around -0.4.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ import torch.nn.functional as F
 import yaml
 
 from ours.model import Ours
+from pipeline.auroc import auroc
 from pipeline.offline import PROJECT_ROOT
-from pipeline.prior import auroc
 from pipeline.schema import build_dataclass
 
 SIZE = 32

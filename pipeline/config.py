@@ -13,6 +13,7 @@ stages that read it. Defaults follow the paper (or the official baseline code); 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,7 +93,8 @@ class Params:
     tracking: TrackingParams = param(default_factory=TrackingParams)
 
     def validate(self, where: str) -> None:
-        from pipeline import registry
+        from pipeline import registry  # lazy, here and below: registry imports this module (a cycle), and it
+                                        # costs torch + every method (~5 s), paid only where the model list is needed
 
         if not self.seeds:
             raise ConfigError(f"{where}.seeds: must list at least one seed")
@@ -115,6 +117,23 @@ class Params:
             build_dataclass(registry.get(method).Config, values, f"{where}.methods.{method}")
         for name, entry in self.models.items():
             self.method_config(name, where=where)
+        if not self.models:
+            raise ConfigError(f"{where}.models: empty; list at least one model (`cxrbench models` shows the methods)")
+        unknown = [a for a in self.eval.classifiers if not _timm_has(a)]
+        if unknown:
+            raise ConfigError(f"{where}.eval.classifiers: {unknown[0]!r} is not a timm architecture; use names "
+                              "like resnet50, densenet121, efficientnet_b0 (timm.list_models())")
+        if not _detector_cfg_known(self.eval.detector_cfg):
+            raise ConfigError(f"{where}.eval.detector_cfg: {self.eval.detector_cfg!r} is neither a file nor an "
+                              "ultralytics model yaml; use yolov5n.yaml, yolov5s.yaml, ... or point to your yaml")
+        if self.data.source == "drr":  # the DRR counts are known before the data stage runs
+            smallest = min(self.data.train_opacity, self.data.train_normal)
+            for name in self.models:
+                batch = getattr(self.method_config(name, where=where), "batch_size", 1)
+                if batch > smallest:
+                    raise ConfigError(f"{where}.methods.{self.models[name].method}.batch_size: {batch} images per "
+                                      f"domain but data.train_opacity / train_normal give {smallest}; lower the "
+                                      "batch or raise the counts")
         if "oracle" in self.eval.references and self.data.source != "drr":
             raise ConfigError(f"{where}.eval.references: 'oracle' needs the clean twin of every opacity image, which "
                               f"only the DRR benchmark has (data.source is {self.data.source!r}); remove 'oracle'")
@@ -247,3 +266,23 @@ def write_profile(name: str, path: str | Path | None = None) -> Path:
     build_dataclass(Params, read_yaml(tmp), str(path.name))  # never write a file that would not load
     tmp.replace(path)
     return path
+
+
+def _timm_has(arch: str) -> bool:
+    import timm  # lazy: only validation needs it here (config stays importable without torch)
+
+    return bool(timm.is_model(arch))
+
+
+def _detector_cfg_known(cfg: str) -> bool:
+    """A yaml file that exists, or a model yaml that ultralytics ships (yolov5n.yaml is yolov5.yaml at scale n)."""
+    import importlib.util
+
+    if Path(cfg).expanduser().is_file():
+        return True
+    spec = importlib.util.find_spec("ultralytics")  # locate the package without importing it (~3 s)
+    if spec is None or not spec.submodule_search_locations:
+        return True  # no ultralytics: the detector stage says so itself
+    models = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "models"
+    unscaled = re.sub(r"(\d+)([nslmx])(\.yaml)$", r"\1\3", cfg)
+    return any(models.rglob(cfg)) or any(models.rglob(unscaled))

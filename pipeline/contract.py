@@ -1,4 +1,4 @@
-"""The translator contract: how a method plugs into cxrbench (DESIGN section 3).
+"""The translator contract: how a method plugs into cxrbench (the README's "Adding a baseline" says it in steps).
 
 Domain A = opacity, domain B = normal. Images are single-channel tensors in [-1, 1], shape (B, 1, H, W).
 A method is a package (`ours/` or `baselines/<name>/`) whose `__init__.py` exposes exactly one `Translator`
@@ -30,7 +30,9 @@ from typing import Any, ClassVar, ContextManager
 import torch
 from torch import nn
 
-from pipeline.prior import auroc  # the one AUROC
+from pipeline.auroc import auroc  # the one AUROC
+from pipeline.schema import build_dataclass
+
 
 @dataclass
 class Translation:
@@ -183,8 +185,6 @@ PRETRAINING_METHODS = {
 
 def config_from_dict(cls: type, values: dict[str, Any] | None, where: str) -> Any:
     """Build a method's Config dataclass from a (validated) dict; see pipeline.config for validation."""
-    from pipeline.schema import build_dataclass
-
     return build_dataclass(cls, values or {}, where)
 
 

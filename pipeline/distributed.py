@@ -1,8 +1,8 @@
 """One training run across several processes (GPUs of one host, or several hosts), launched with torchrun:
 
-    torchrun --nproc_per_node 4 -m pipeline.cli train --model ours                     # one host, 4 GPUs
+    torchrun --nproc_per_node 4 -m pipeline.app.cli train --model ours                     # one host, 4 GPUs
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --master_addr HOST --master_port 29500 \\
-             -m pipeline.cli train --model ours                                        # two hosts
+             -m pipeline.app.cli train --model ours                                        # two hosts
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each process; `setup` turns them into a
 process group (NCCL on CUDA, gloo on CPU) and a device per local rank (cuda:LOCAL_RANK). Without torchrun
@@ -16,7 +16,12 @@ rank reaches (never inside `if rank == 0`).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -82,11 +87,6 @@ def claim_gpu_slot(poll_s: float = 2.0) -> str | None:
     slots = [s.strip() for s in os.environ.get("CXRBENCH_GPU_SLOTS", "").split(",") if s.strip()]
     if not slots or _env_int("WORLD_SIZE", 1) > 1 or os.environ.get("CUDA_VISIBLE_DEVICES"):
         return None
-    import fcntl
-    import tempfile
-    import time
-    import warnings
-    from pathlib import Path
 
     if torch.cuda.is_initialized():
         warnings.warn("CXRBENCH_GPU_SLOTS ignored: CUDA was initialised before the engine started", stacklevel=2)

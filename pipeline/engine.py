@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from pipeline.config import TrainParams
 from pipeline.contract import Probe, StepContext, Translator
 from pipeline.errors import CxrbenchError
 from pipeline.io import atomic_torch_save, atomic_write, write_json  # noqa: F401  (atomic_torch_save re-exported)
+from pipeline.progress import bar
 
 log = logging.getLogger("cxrbench.engine")
 
@@ -248,7 +250,6 @@ class LossLog:
         """Keep the rows an interrupted run already wrote, up to the step it resumes from."""
         if not self.path or not self.path.exists():
             return
-        import csv
 
         with open(self.path) as fh:
             for row in csv.DictReader(fh):
@@ -578,10 +579,7 @@ def oom_message(label: str, t: Translator, exc: BaseException) -> str:
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True, disable=not enabled,
-                mininterval=0.5 if sys.stderr.isatty() else 10.0, file=sys.stderr)
+    return bar(total=total, initial=initial, desc=desc, enabled=enabled)
 
 
 def export_weights(translator: Translator, path: Path, meta: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ class EvalParams:
     batch_size: int = param(32, min=1, doc="inference batch size of the evaluators")
     seed: int = param(0, min=0, doc="seed of the evaluation models' training (segmenters, detector, classifiers)")
 
-    # --- FID / KID (DESIGN 5.1) -----------------------------------------------------------------------------------
+    # --- FID / KID (eval/README.md) -----------------------------------------------------------------------------------
     fid_extractors: list[str] = param(default_factory=lambda: ["inception", "cxr-evaluator", "cxr-densenet"],
                                       choices=("inception", "cxr-evaluator", "cxr-densenet"),
                                       doc="feature spaces: inception (needs the weights file), cxr-evaluator (the "
@@ -68,7 +68,7 @@ class EvalParams:
                                           doc="Table 2 classifiers trained on Original images: test AUROC")
     fid_rng_seed: int = param(2020, min=0, source="official", doc="torch-fidelity rng_seed (KID subset sampling)")
 
-    # --- segmentation (DESIGN 5.2) --------------------------------------------------------------------------------
+    # --- segmentation (eval/README.md) --------------------------------------------------------------------------------
     segmenters: list[str] = param(default_factory=lambda: ["pspnet", "unet", "cenet", "vgg16bn_unet"],
                                   choices=("pspnet", "unet", "cenet", "vgg16bn_unet"), doc="lung segmenters")
     seg_iterations: int = param(10_000, min=1, source="assumed", doc="training iterations of each segmenter")
@@ -77,7 +77,7 @@ class EvalParams:
                                                                  "encoders offline), cosine decay to 0")
     seg_threshold: float = param(0.5, min=0.0, max=1.0, doc="lung probability threshold")
 
-    # --- lesion detection (DESIGN 5.3) ----------------------------------------------------------------------------
+    # --- lesion detection (eval/README.md) ----------------------------------------------------------------------------
     detector_cfg: str = param("yolov5s.yaml", doc="ultralytics model yaml (yolov5n.yaml, yolov5s.yaml, ...) built "
                                                   "without weights")
     detector_weights: str = param("", doc="local YOLO .pt to start from instead of the yaml (never downloaded)")
@@ -88,7 +88,7 @@ class EvalParams:
                                                                             "(ultralytics predict default)")
     det_iou: float = param(0.7, min=0.0, max=1.0, source="official", doc="NMS IoU (ultralytics predict default)")
 
-    # --- classifiers (DESIGN 5.4, Table 2) ------------------------------------------------------------------------
+    # --- classifiers (Table 2; eval/README.md) ------------------------------------------------------------------------
     classifiers: list[str] = param(
         default_factory=lambda: ["resnet50", "mobilenetv3_large_100", "efficientnet_b0", "densenet121"],
         doc="timm architectures (pretrained=False, in_chans=1, num_classes=2)")

@@ -64,6 +64,6 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    import torch
+    import torch  # lazy: config.py writes params.yaml with this module and must not import torch (start-up)
 
     return atomic_write(path, lambda fh: torch.save(obj, fh))

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from pipeline import registry
 from pipeline.config import Params
+from pipeline.engine import safe_load
+from pipeline.errors import CxrbenchError
 from pipeline.offline import PROJECT_ROOT
 
 # Evaluation sets: name -> (dataset folder under data/, split). The DRR data stage writes all three; real-data
@@ -81,9 +82,6 @@ def build_translator(params: Params, model: str):
 
 def load_trained(params: Params, model: str, seed: int, weights: Path | None = None, device: str = "cpu"):
     """A trained translator in eval mode, from models/<model>/seed<k>.pt (or an explicit weights file)."""
-    from pipeline.engine import safe_load
-    from pipeline.errors import CxrbenchError
-
     path = Path(weights) if weights else Layout().weights(model, seed)
     if not path.exists():
         raise CxrbenchError(f"{path}: no trained weights; run `dvc repro train@{model}` first")

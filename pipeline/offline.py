@@ -5,7 +5,9 @@ user are kept (setdefault), so a user who *wants* a download can still allow it 
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout whose code is running
@@ -23,7 +25,7 @@ def _project_root() -> tuple[Path, str]:
     """(the checkout the pipeline works in, how it was found): $CXRBENCH_ROOT; else the checkout at or above the
     current folder (so a subfolder of a second checkout, `dvc exp run --queue` copies and test copies work in
     themselves, never in the installed checkout); else, outside any checkout, the folder of this package, which
-    the CLI refuses (`pipeline.cli`: one line saying so)."""
+    the CLI refuses (`pipeline.app.cli`: one line saying so)."""
     if os.environ.get("CXRBENCH_ROOT"):
         return Path(os.environ["CXRBENCH_ROOT"]).resolve(), "CXRBENCH_ROOT"
     found = find_checkout(Path.cwd().resolve())
@@ -52,8 +54,6 @@ _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-l
 
 
 def _is_loopback(host) -> bool:
-    import ipaddress
-
     if host is None:
         return True
     if isinstance(host, bytes):
@@ -77,8 +77,6 @@ def install_network_guard() -> None:
     Active in the test suite (tests/conftest.py) and in any process started with CXRBENCH_NO_NETWORK=1, so stage
     subprocesses run by the tests (dvc repro, cxrbench train) are guarded too.
     """
-    import socket
-
     if getattr(socket, "_cxrbench_guard", False):
         return
     real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, \

@@ -5,7 +5,7 @@ order. Inputs are the project's single-channel images in [-1, 1]; the wrapper re
 replicates them to 3 channels and applies the ImageNet mean/std (what CheXNet saw: PIL grayscale -> RGB). At 256 px
 the feature map after norm5 is 1024x8x8, the shape the paper quotes for phi (224 -> 7x7, 512 -> 16x16).
 
-Where the weights come from (the `prior` stage, `run_prior_stage`):
+Where the weights come from (the `prior` stage, pipeline/app/prior.py):
 - `prior.weights` empty: train the DenseNet on the training split's 14 label vectors (BCE), report per-label AUROC
   on the test split;
 - `prior.weights` set: convert a local checkpoint, auto-detected:
@@ -19,7 +19,6 @@ Every file is read with torch.load(weights_only=True); a pickled whole model is 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import time
@@ -32,12 +31,12 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from tqdm.auto import tqdm
 
 from pipeline.data.canonical import NIH14  # the head's output order: CheXNet / ChestX-ray14
+from pipeline.engine import random_crop_resize, to_model_range
 from pipeline.errors import CxrbenchError
-from pipeline.io import write_json
-
-log = logging.getLogger("cxrbench.prior")
+from pipeline.io import atomic_torch_save
 
 # torchxrayvision's `default_pathologies` (the 18 outputs of its DenseNet-121 models), in its order.
 XRV_PATHOLOGIES = ("Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema", "Fibrosis",
@@ -126,8 +125,6 @@ def freeze(net: PriorNet) -> PriorNet:
 # Our own file format
 # ---------------------------------------------------------------------------------------------------------------------
 def save_prior(net: PriorNet, path: Path, info: dict[str, Any] | None = None) -> None:
-    from pipeline.io import atomic_torch_save
-
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_torch_save({"format": PRIOR_FORMAT, "config": net.config(), "labels": list(NIH14),
                        "info": json.loads(json.dumps(info or {}, default=str)), "state_dict": state}, Path(path))
@@ -268,38 +265,6 @@ def convert_checkpoint(path: str | Path, input_size: int = 256,
     return freeze(net), info
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# AUROC (rank statistic; no sklearn)
-# ---------------------------------------------------------------------------------------------------------------------
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get the mean of the ranks they span."""
-    order = np.argsort(x, kind="mergesort")
-    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return ranks
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve = Mann-Whitney U / (n_pos n_neg); None when only one class is present."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    u = _average_ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def per_label_auroc(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | str]:
-    """{label: AUROC or "n/a" (only one class among the test images: no number is invented)}."""
-    out: dict[str, float | str] = {}
-    for i, name in enumerate(NIH14):
-        value = auroc(probs[:, i], labels[:, i])
-        out[name] = "n/a" if value is None else round(value, 6)
-    return out
-
-
 @torch.no_grad()
 def predict_images(net: PriorNet, images_uint8: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
     """uint8 (N, H, W) -> probabilities (N, 14)."""
@@ -313,7 +278,7 @@ def predict_images(net: PriorNet, images_uint8: np.ndarray, device: torch.device
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Training our own prior, and the `prior` stage
+# Training our own prior (the `prior` stage in pipeline/app/prior.py calls it)
 # ---------------------------------------------------------------------------------------------------------------------
 def train_prior(images_uint8: np.ndarray, labels: np.ndarray, pp: Any, device: torch.device,
                 progress: bool = True) -> tuple[PriorNet, dict[str, Any]]:
@@ -322,10 +287,6 @@ def train_prior(images_uint8: np.ndarray, labels: np.ndarray, pp: Any, device: t
     images_uint8 (N, H, W); labels (N, 14) in {0, 1}. Batches are random crops (side U[crop_scale, 1] of the image
     side) resized to pp.input_size. Returns the frozen net and a short training summary.
     """
-    from tqdm.auto import tqdm
-
-    from pipeline.engine import random_crop_resize, to_model_range
-
     if len(images_uint8) == 0:
         raise PriorError("prior: the training split is empty; the prior needs labelled training images")
     gen = np.random.default_rng(pp.seed)
@@ -356,56 +317,3 @@ def train_prior(images_uint8: np.ndarray, labels: np.ndarray, pp: Any, device: t
     tail = losses[-max(1, len(losses) // 10):]
     return freeze(net), {"iterations": pp.iterations, "final_loss": float(np.mean(tail)),
                          "seconds": round(time.perf_counter() - t0, 2)}
-
-
-def _resolve(path: str) -> Path:
-    from pipeline.offline import PROJECT_ROOT
-
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
-
-
-def run_prior_stage(params: Any, data_root: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """The `prior` stage: convert params.prior.weights or train on `data_root/<prior.dataset>` (train split), then
-    report per-label AUROC on its test split. Writes out_dir/prior.pt and out_dir/prior.json; returns the summary."""
-    from pipeline.data import canonical
-    from pipeline.engine import select_device
-
-    pp = params.prior
-    device = select_device(getattr(getattr(params, "train", None), "device", "auto"))
-    dataset_dir = Path(data_root) / pp.dataset
-    df = canonical.read_manifest(dataset_dir)
-    summary: dict[str, Any] = {"input_size": pp.input_size, "dataset": pp.dataset,
-                               "feature_shape": [1024, pp.input_size // 32, pp.input_size // 32]}
-    if pp.weights:
-        net, info = convert_checkpoint(_resolve(pp.weights), pp.input_size)
-        summary.update(source="converted", weights=pp.weights, layout=info["layout"],
-                       missing_labels=info["missing_labels"])
-    else:
-        train = df[df["split"] == "train"]
-        net, info = train_prior(canonical.load_images(dataset_dir, train), canonical.label_matrix(train), pp,
-                                device, progress=progress)
-        summary.update(source="trained", n_train=len(train), **info)
-    net = net.to(device)
-    test = df[df["split"] == "test"]
-    summary["n_test"] = len(test)
-    if len(test):
-        labels = canonical.label_matrix(test)
-        aurocs = per_label_auroc(predict_images(net, canonical.load_images(dataset_dir, test), device), labels)
-        summary["test_positives"] = {n: int(labels[:, i].sum()) for i, n in enumerate(NIH14)}
-    else:
-        aurocs = {n: "n/a" for n in NIH14}
-    defined = [v for v in aurocs.values() if v != "n/a"]
-    summary["auroc"] = aurocs
-    summary["mean_auroc"] = round(float(np.mean(defined)), 6) if defined else "n/a"
-    summary["n_labels_with_auroc"] = len(defined)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_prior(net.cpu(), out_dir / "prior.pt", summary)
-    write_json(out_dir / "prior.json", summary)
-    log.info("prior: %s, mean AUROC %s over %d labels", summary["source"], summary["mean_auroc"], len(defined))
-    per_label = ", ".join(f"{k} {v:.2f}" for k, v in aurocs.items() if v != "n/a")
-    print(f"prior: {summary['source']}; test AUROC per label: {per_label}; mean {summary['mean_auroc']} over "
-          f"{len(defined)} labels (feature map {summary['feature_shape'][1]}x{summary['feature_shape'][2]})",
-          flush=True)
-    return summary

@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import sys
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.config import METHOD_PROFILE, deep_merge, read_yaml
 from pipeline.contract import PRETRAINING_METHODS, ContractError, Translator
 from pipeline.errors import suggest
 from pipeline.offline import PROJECT_ROOT
+from pipeline.schema import build_dataclass
 
 BASELINES_DIR = PROJECT_ROOT / "baselines"
 
@@ -79,8 +82,6 @@ def get(name: str) -> type[Translator]:
 
 def package_dir(name: str) -> Path:
     """The directory of a registered method (where its README.md and profiles.yaml live)."""
-    import sys
-
     return Path(sys.modules[get(name).__module__].__file__).resolve().parent
 
 
@@ -95,9 +96,6 @@ def profile_config(name: str, profile: str, overrides: dict | None = None, where
     official values) < `<method dir>/profiles.yaml[profile]` < `overrides` (e.g. params.yaml methods.<name>; an
     unknown key is an error) < `optional` (applied only where the Config has the field: prior_weights).
     Used by `cxrbench profile`, `cxrbench new-baseline`, the bench and the contract tests."""
-    from pipeline.config import METHOD_PROFILE, deep_merge, read_yaml
-    from pipeline.schema import build_dataclass
-
     cls = get(name)
     prof_file = package_dir(name) / "profiles.yaml"
     values = (read_yaml(prof_file).get(METHOD_PROFILE.get(profile, profile)) or {}) if prof_file.exists() else {}

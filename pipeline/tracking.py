@@ -8,7 +8,9 @@ Artifacts go to <project>/mlartifacts (never ./mlruns, which makes `mlflow ui` r
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
 import subprocess
 import time
 import warnings
@@ -21,8 +23,6 @@ RETRIES = 3  # sqlite itself waits ~20 s per attempt on a lock: 3 tries bound th
 
 
 def tracking_uri(configured: str = "") -> str:
-    import os
-
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
@@ -89,7 +89,7 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if not self.active:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy, as every mlflow import here: ~2 s, only when tracking is on
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
@@ -148,8 +148,6 @@ def stage_run(stage: str, *, model: str = "", seed: int | None = None, profile: 
 
 def _start(stage: str, model: str, seed: int | None, profile: str, experiment: str, uri: str,
            extra_tags: dict[str, Any]) -> StageRun:
-    import logging
-
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # its SQLAlchemy errors ("database is locked") come with full tracebacks; the one-line warning here says it

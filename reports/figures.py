@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from eval import segmentation as seg
+from eval.segmentation import miou_sensitivity
+from eval.sets import Translations, eval_rows, load_mask, load_original
+from pipeline.layout import Layout
 from reports import paper_numbers as paper
 from reports.inputs import ORIGINAL, Inputs, dig
 from reports.tables import SET_NAMES, display_name
@@ -28,7 +33,7 @@ STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labels
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: the Agg backend is chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,8 +67,6 @@ def _image(ax, img: np.ndarray, cmap: str = "gray", vmin: float = 0, vmax: float
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
     return np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
 
 
@@ -78,9 +81,6 @@ def _footer(fig, inp: Inputs, extra: str = "") -> None:
 def examples(inp: Inputs, eval_set: str = "rsna_like", k: int = N_EXAMPLES):
     """(dataset dir, rows) of up to k evaluated opacity images of a set, largest true opacity first (then by id), among
     the first EXAMPLE_POOL by id; or (None, reason)."""
-    from eval.sets import eval_rows
-    from pipeline.layout import Layout
-
     try:
         ds, df = eval_rows(Layout(inp.root), eval_set, inp.params.eval.max_images)
     except Exception as exc:  # noqa: BLE001  (missing / unreadable manifest: the figure says so)
@@ -97,9 +97,6 @@ def examples(inp: Inputs, eval_set: str = "rsna_like", k: int = N_EXAMPLES):
 
 def translations(inp: Inputs, model: str):
     """eval.sets.Translations of the first seed, or (None, reason)."""
-    from eval.sets import Translations
-    from pipeline.layout import Layout
-
     if not inp.in_profile(model):
         return None, inp.not_run()
     try:
@@ -191,8 +188,6 @@ def _score_title(miou: float, sens: float) -> str:
 
 def _segment(inp: Inputs, seg_name: str, images: list[np.ndarray | None]) -> list[np.ndarray | None]:
     """Lung masks of the given uint8 images (None stays None) by one trained segmenter (eval.segmentation)."""
-    from eval import segmentation as seg
-
     model, size = seg.load_segmenter(inp.root / "models" / "segmenters" / f"{seg_name}.pt", "cpu")
     present = [x for x in images if x is not None]
     if not present:
@@ -205,8 +200,6 @@ def figure4(inp: Inputs, out: Path) -> Path:
     """Rows: rsna_like opacity images. Columns: expert lung mask, the opacity image and its segmentation, the
     translation (ours, else the first method that ran) and its segmentation, by the same segmenter (U-Net if
     trained, else the first of eval.segmenters), with per-image mIoU / sensitivity against the expert mask."""
-    from eval.segmentation import miou_sensitivity
-
     plt = _plt()
     ds, rows = examples(inp)
     seg_name, seg_why = pick_segmenter(inp)
@@ -219,8 +212,6 @@ def figure4(inp: Inputs, out: Path) -> Path:
             fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
             _note(ax, f"Figure 4 skipped: {rows}", 60)
         else:
-            from eval.sets import load_mask, load_original
-
             n = len(rows)
             fig, axes = plt.subplots(n, 5, figsize=(8.4, 1.75 * n + 0.9), squeeze=False, layout="constrained")
             images = list(load_original(ds, rows))
@@ -454,7 +445,7 @@ def figure_training(inp: Inputs, out: Path) -> Path:
                     _note(ax, "curve file has no loss columns", 28)
                     continue
                 if positive:
-                    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+                    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # after _plt()
 
                     ax.set_yscale("log")
                     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import tracking
+from pipeline.config import to_plain
 from reports import paper_numbers as paper
 from reports.inputs import ORIGINAL, Inputs, dig
 from reports.tables import space_key
@@ -85,10 +87,22 @@ def summary_metrics(inp: Inputs, model: str, seed: int | None) -> dict[str, floa
     return m
 
 
+def summary_params(inp: Inputs, model: str, seed: int | None) -> dict[str, Any]:
+    """What the compare page shows beside the metrics: the profile, the method and its whole config (so two runs of
+    one method with different settings differ visibly), the seed, the resolution and the training length."""
+    out: dict[str, Any] = {"profile": inp.profile, "model": model, "seed": "" if seed is None else seed,
+                           "resolution": inp.params.data.resolution}
+    if model in inp.params.models:
+        out["method"] = inp.params.models[model].method
+        out["iterations"] = inp.params.train.iterations
+        out["cfg"] = to_plain(inp.params.method_config(model))
+    else:
+        out["method"] = model  # the Original row and the reference rows have no trained network
+    return out
+
+
 def log_summary_runs(inp: Inputs) -> list[dict[str, Any]]:
     """One summary run per (model, seed) with metrics, plus the original row; returns what was logged."""
-    from pipeline import tracking
-
     tr = inp.params.tracking
     logged = []
     targets: list[tuple[str, int | None]] = [(ORIGINAL, None)] + [(m, s) for m in inp.models for s in inp.seeds()]
@@ -97,7 +111,7 @@ def log_summary_runs(inp: Inputs) -> list[dict[str, Any]]:
         if not metrics:
             continue  # nothing evaluated yet for this model: no empty run
         with tracking.stage_run("summary", model=model, seed=seed, profile=inp.profile, enabled=tr.enabled,
-                                experiment=tr.experiment, uri=tr.uri,
+                                experiment=tr.experiment, uri=tr.uri, params=summary_params(inp, model, seed),
                                 extra_tags={"units": UNITS, "description": inp.description(model)}) as run:
             run.log_metrics(metrics)
         logged.append({"model": model, "seed": seed, "n_metrics": len(metrics)})
@@ -105,8 +119,6 @@ def log_summary_runs(inp: Inputs) -> list[dict[str, Any]]:
 
 
 def log_report_run(inp: Inputs, files: list[Path], reports_dir: Path) -> None:
-    from pipeline import tracking
-
     tr = inp.params.tracking
     with tracking.stage_run("report", profile=inp.profile, enabled=tr.enabled, experiment=tr.experiment,
                             uri=tr.uri, params={"seeds": inp.seeds(), "models": inp.models}) as run:

@@ -12,11 +12,14 @@ Units: FID and KID raw; mIoU, sensitivity and their deltas in % (as the paper pr
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import atomic_write
 from reports import paper_numbers as paper
 from reports.inputs import ORIGINAL, SMOKE_LINE, Inputs, dig, display_seeds
 
@@ -71,12 +74,13 @@ class Table:
         folder.mkdir(parents=True, exist_ok=True)
         cols = self.csv_columns()
         csv_path, md_path = folder / f"{self.name}.csv", folder / f"{self.name}.md"
-        with open(csv_path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for source, rows in (("this run", self.rows), ("paper", self.paper_rows)):
-                for r in rows:
-                    w.writerow({k: _csv_value(v) for k, v in {**r, "source": source}.items() if not k.startswith("_")})
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for source, rows in (("this run", self.rows), ("paper", self.paper_rows)):
+            for r in rows:
+                w.writerow({k: _csv_value(v) for k, v in {**r, "source": source}.items() if not k.startswith("_")})
+        atomic_write(csv_path, buf.getvalue())
         lines = [f"# {self.title}", "", *[f"- {n}" for n in self.notes], "", "## This run", "",
                  markdown(self.columns, self.rows)]
         lines += ["", "## Paper (published numbers)", ""]
@@ -84,7 +88,7 @@ class Table:
             lines += [self.paper_note, ""]
         if self.paper_rows:
             lines.append(markdown(self.paper_columns, self.paper_rows))
-        md_path.write_text("\n".join(lines).rstrip() + "\n")
+        atomic_write(md_path, "\n".join(lines).rstrip() + "\n")
         return md_path, csv_path
 
 
@@ -161,8 +165,6 @@ def _mean_std(avg: Any, scale: float = 1.0) -> tuple[float | None, float | None]
 # Notes every table carries
 # --------------------------------------------------------------------------------------------------------------------
 def data_description(inp: Inputs) -> str:
-    import json
-
     source = getattr(inp.params.data, "source", "drr")
     summary = inp.root / "data" / "summary.json"
     if summary.is_file():

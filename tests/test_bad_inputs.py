@@ -1,7 +1,7 @@
 """Bad-input catalogue (params.yaml, weights files, the CLI, evaluation sets): each case stops with exit status 2 (CLI)
 or a CxrbenchError, ONE line naming the culprit and the fix, and leaves no partial output.
 
-The data adapters' own cases are in tests/test_data_bad_input.py. CLI cases call `pipeline.cli.main` in this process
+The data adapters' own cases are in tests/test_data_bad_input.py. CLI cases call `pipeline.app.cli.main` in this process
 (same code path as the `cxrbench` script, without a 10 s interpreter start per case); stage commands that write under
 the project root are pointed at a temporary root.
 """
@@ -36,7 +36,7 @@ def assert_one_line(msg: str, *culprits: str) -> str:
 
 def cli_error(argv: list[str], capsys) -> str:
     """Run `cxrbench ARGV` in this process; it must exit 2 with exactly one stderr line. Returns that line."""
-    from pipeline.cli import main
+    from pipeline.app.cli import main
 
     capsys.readouterr()
     code = main(argv)
@@ -180,6 +180,25 @@ def test_params_rsna_source_without_its_folder(project, capsys):
     assert "must name the rsna folder when data.source is 'rsna'" in msg
 
 
+@pytest.mark.parametrize("edit, culprits", [
+    (lambda d: d.__setitem__("models", {}), ("models: empty",)),
+    (lambda d: d["eval"].__setitem__("classifiers", ["resnet50", "resnet5O"]), ("eval.classifiers", "'resnet5O'")),
+    (lambda d: d["eval"].__setitem__("detector_cfg", "yolov55.yaml"), ("eval.detector_cfg", "'yolov55.yaml'")),
+    (lambda d: d["methods"]["cyclegan"].__setitem__("batch_size", 1000), ("methods.cyclegan.batch_size", "1000")),
+], ids=["no-models", "classifier-typo", "detector-yaml-typo", "batch-larger-than-data"])
+def test_settings_that_would_fail_or_crawl_later_are_refused_by_check(project, capsys, edit, culprits):
+    check_fails(project, capsys, edit, *culprits)
+
+
+def test_shipped_detector_yamls_and_timm_names_pass_check(project, capsys):
+    from pipeline.app.cli import main
+
+    for cfg in ("yolov5n.yaml", "yolov5s.yaml"):
+        path = write_params(project, lambda d: (d["eval"].__setitem__("detector_cfg", cfg),
+                                                d["eval"].__setitem__("classifiers", ["mobilenetv3_large_100"])))
+        assert main(["--params", str(path), "check"]) == 0, capsys.readouterr().err
+
+
 def test_params_unknown_fid_extractor(project, capsys):
     msg = check_fails(project, capsys, lambda d: d["eval"].__setitem__("fid_extractors", ["inception", "clip"]),
                       "eval.fid_extractors", "'clip'")
@@ -267,7 +286,7 @@ def test_translate_weights_file_missing(project, capsys, tmp_path):
 
 
 def test_translate_sets_stage_without_trained_weights(project, capsys, monkeypatch):
-    import pipeline.stages.translate as translate
+    import pipeline.app.translate as translate
     from helpers_data import write_tiny_dataset
 
     root, path, _ = project
@@ -342,7 +361,7 @@ def test_translate_weights_pickle_with_a_payload_is_refused(project, capsys, wei
 
 
 def test_new_baseline_invalid_name(capsys, tmp_path):
-    from pipeline.scaffold import new_baseline
+    from pipeline.app.scaffold import new_baseline
 
     before = sorted(p.name for p in (PROJECT_ROOT / "baselines").iterdir())
     msg = cli_error(["new-baseline", "Attention-GAN"], capsys)
@@ -355,7 +374,7 @@ def test_new_baseline_invalid_name(capsys, tmp_path):
 
 
 def test_new_baseline_existing_name(capsys, tmp_path):
-    from pipeline.scaffold import new_baseline
+    from pipeline.app.scaffold import new_baseline
 
     before = snapshot(PROJECT_ROOT / "baselines" / "cyclegan")
     msg = cli_error(["new-baseline", "cyclegan", "--no-params"], capsys)
@@ -372,7 +391,7 @@ def test_new_baseline_existing_name(capsys, tmp_path):
 # Stages: missing inputs, prior weights, evaluation sets
 # ---------------------------------------------------------------------------------------------------------------------
 def test_train_before_the_data_stage(project, capsys, monkeypatch):
-    import pipeline.stages.train as train
+    import pipeline.app.train as train
 
     root, path, _ = project
     real = train.run_train
@@ -387,7 +406,7 @@ def test_train_before_the_data_stage(project, capsys, monkeypatch):
 def test_train_device_cuda_without_a_gpu(project, monkeypatch):
     from helpers_data import write_tiny_dataset
     from pipeline.engine import TrainingError
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     root, path, _ = project
     write_tiny_dataset(root)
@@ -403,7 +422,8 @@ def test_prior_weights_with_wrong_shapes(project, tmp_path):
     import torchvision
     from helpers_data import write_tiny_dataset
 
-    from pipeline.prior import PriorError, run_prior_stage
+    from pipeline.app.prior import run_prior_stage
+    from pipeline.prior import PriorError
 
     root, path, _ = project
     write_tiny_dataset(root)
@@ -439,7 +459,7 @@ def eval_project(project, monkeypatch):
 def test_empty_evaluation_set(eval_project, capsys, monkeypatch):
     import pandas as pd
 
-    import eval.stages as stages
+    import pipeline.app.evaluate as stages
 
     root, params = eval_project
     manifest = root / "data" / "drr" / "manifest.csv"
@@ -458,7 +478,7 @@ def test_kid_subset_larger_than_the_sets_is_half_the_smaller_set(eval_project):
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     from eval import fid_kid as fk
-    from eval.stages import FID_SET, run_fidkid
+    from pipeline.app.evaluate import FID_SET, run_fidkid
     from eval.sets import eval_rows
     from pipeline.layout import Layout
 
@@ -482,6 +502,46 @@ def test_kid_subset_larger_than_the_sets_is_half_the_smaller_set(eval_project):
         kid_features_to_metric(f_gen, f_ref, kid_subsets=2, kid_subset_size=1000, verbose=False)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_truncated_or_deleted_image_in_fidkid_is_named(eval_project, capsys, monkeypatch, damage):
+    import pandas as pd
+
+    import pipeline.app.evaluate as stages
+
+    root, params = eval_project
+    params.eval.fid_extractors = ["cxr-densenet"]
+    ds = root / "data" / "drr"
+    df = pd.read_csv(ds / "manifest.csv", dtype=str, keep_default_na=False)
+    victim = ds / df[(df["split"] == "test") & (df["domain"] == "normal")]["image"].iloc[1]
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:40])
+    else:
+        victim.unlink()
+    real = stages.run_fidkid
+    monkeypatch.setattr(stages, "run_fidkid", lambda p, model: real(params, model, root=root))
+    before = snapshot(root)
+    msg = cli_error(["--params", str(root / "params.yaml"), "fidkid", "--model", "original"], capsys)
+    if damage == "truncated":  # found when the image is decoded
+        assert_one_line(msg, str(victim), "truncated or corrupt", "dvc repro")
+    else:  # found before: the manifest names a file that is not there
+        assert_one_line(msg, victim.name, "not found", "cxrbench data")
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("code, words", [(28, "no space left"), (30, "cannot write here"), (13, "cannot write here")])
+def test_machine_failures_are_one_line_naming_the_file(project, capsys, monkeypatch, code, words):
+    """Disk full (ENOSPC), read-only file system (EROFS), permission denied (EACCES) in any stage: one line with
+    the file and what to do, exit 2 (simulated: a real full disk cannot be made in a test)."""
+    import pipeline.app.cli as cli
+
+    def fail(_args):
+        raise OSError(code, os.strerror(code), str(project[0] / "reports" / "table1.md"))
+
+    monkeypatch.setattr(cli, "cmd_report", fail)
+    msg = cli_error(["--params", str(project[1]), "report"], capsys)
+    assert_one_line(msg, str(project[0] / "reports" / "table1.md"), words)
+
+
 def test_classifiers_for_a_model_that_is_not_configured(project, capsys):
     root, path, _ = project
     edited = write_params(project, lambda d: d["eval"].__setitem__("classify_models", ["ours", "cyclegann"]))
@@ -499,7 +559,7 @@ def test_cli_outside_any_checkout_says_so_in_one_line(tmp_path):
 
     env = cli_env()
     env.pop("CXRBENCH_ROOT", None)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "check"], cwd=tmp_path, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "check"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert f"{tmp_path.resolve()} is not inside a cxrbench checkout" in r.stderr and "CXRBENCH_ROOT" in r.stderr
@@ -526,3 +586,18 @@ def test_root_is_the_checkout_above_the_current_folder(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=other / "data", env={**env, "CXRBENCH_ROOT": str(tmp_path)},
                        capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == [str(tmp_path.resolve()), "CXRBENCH_ROOT"], r.stderr
+
+
+def test_read_pngs_names_a_missing_or_truncated_translation(tmp_path):
+    """Translated images are read through eval.sets.read_pngs: a deleted or truncated one is one line naming it."""
+    from eval.sets import EvalError, read_pngs
+
+    good, cut, gone = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(good)
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:30])
+    assert read_pngs([good]).shape == (1, 8, 8)
+    for path, words in ((cut, "truncated or corrupt"), (gone, "missing")):
+        with pytest.raises(EvalError) as err:
+            read_pngs([good, path])
+        assert_one_line(str(err.value), str(path), words, "dvc repro")

@@ -9,8 +9,8 @@ from conftest import cli_env
 
 
 def test_bench_writes_results_for_the_requested_translators(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "--models", "cyclegan,uvcgan", "--size", "64",
-                        "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=cli_env(),
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "bench", "--models", "cyclegan,uvcgan",
+                        "--size", "64", "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=cli_env(),
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads((tmp_path / "bench-cpu-64px.json").read_text())

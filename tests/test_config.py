@@ -93,7 +93,7 @@ def test_params_file_errors_through_the_cli_are_one_line_exit_2(tmp_path):
     data = yaml.safe_load(path.read_text())
     data["train"]["iterations"] = 0
     path.write_text(yaml.safe_dump(data))
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--params", str(path), "check"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "--params", str(path), "check"], capture_output=True,
                        text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"cxrbench: error: {path}.train.iterations: must be >= 1, got 0"]
@@ -116,8 +116,13 @@ def test_committed_params_yaml_is_the_cpu_profile():
     assert yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) == resolve_profile("cpu")
 
 
-def test_schema_defaults_build():
-    assert isinstance(build_dataclass(Params, {}, "p"), Params)
+def test_schema_defaults_build_once_a_model_is_listed():
+    """Every section has defaults; an empty model list is refused (an empty params.yaml used to pass check as
+    "profile paper, 0 models")."""
+    one = {"models": {"cyclegan": {"method": "cyclegan", "package": "baselines/cyclegan"}}}
+    assert isinstance(build_dataclass(Params, one, "p"), Params)
+    with pytest.raises(ConfigError, match=r"p\.models: empty"):
+        build_dataclass(Params, {}, "p")
 
 
 def test_registry_is_the_model_list(monkeypatch):

@@ -312,7 +312,7 @@ def test_stage_with_a_real_source_writes_all_three_sets(tmp_path):
     """source=folder: data/drr from the folder, ards-like and jsrt-like still rendered; the sheet reads back."""
     from types import SimpleNamespace
 
-    from pipeline.data.stage import run_data_stage
+    from pipeline.app.data import run_data_stage
 
     src = write_folder(tmp_path / "plain", n_patients=3)
     p = DataParams(source="folder", folder_dir=str(src), resolution=RES, ards=2, jsrt=2, images_per_patient=2,

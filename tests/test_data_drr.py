@@ -20,7 +20,7 @@ CI = dict(resolution=32, train_opacity=12, train_normal=12, val_opacity=3, val_n
 
 
 def run_stage(root: Path, **overrides) -> Path:
-    from pipeline.data.stage import run_data_stage
+    from pipeline.app.data import run_data_stage
 
     params = SimpleNamespace(data=DataParams(**{**CI, **overrides}))
     run_data_stage(params, root / "data", log=None)

@@ -217,7 +217,7 @@ def test_real_methods_train_under_two_processes(ddp, method):
 
 @pytest.mark.slow
 def test_train_stage_under_torchrun(tmp_path):
-    """`torchrun -m pipeline.cli train` in a clean copy of the project: rank 0 alone writes weights, metrics and
+    """`torchrun -m pipeline.app.cli train` in a clean copy of the project: rank 0 alone writes weights, metrics and
     one MLflow run (tagged with the world size); the checkpoints resume in a 1-process run."""
     from helpers_data import write_tiny_dataset
     from pipeline.config import write_profile
@@ -226,7 +226,7 @@ def test_train_stage_under_torchrun(tmp_path):
     write_tiny_dataset(dest, n=2)
     write_profile("ci", dest / "params.yaml")  # = `cxrbench profile ci` in the copy, without a process start
     env = cli_env({"PYTHONPATH": str(dest)})
-    torchrun(["-m", "pipeline.cli", "train", "--model", "cyclegan"], dest, env)
+    torchrun(["-m", "pipeline.app.cli", "train", "--model", "cyclegan"], dest, env)
     summary = json.loads((dest / "metrics" / "train" / "cyclegan.json").read_text())
     assert summary["world_size"] == 2 and summary["seeds"]["0"]["steps"] == 4
     assert (dest / "models" / "cyclegan" / "seed0.pt").exists()
@@ -235,7 +235,7 @@ def test_train_stage_under_torchrun(tmp_path):
         tag = db.execute("SELECT value FROM tags WHERE key = 'world_size'").fetchall()
     assert len(runs) == 1 and tag == [("2",)]
     # the same command in one process finds the finished checkpoint and has nothing left to train
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--model", "cyclegan"], cwd=dest, env=env,
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "train", "--model", "cyclegan"], cwd=dest, env=env,
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "at step 4" in r.stderr and "written by 2 process(es)" in r.stderr

@@ -64,6 +64,19 @@ def test_metrics_show_is_the_small_headline_table(ci_project):
             assert value == pytest.approx(float(cell), abs=0.051), (model, value, cell)
 
 
+def test_plots_show_writes_one_offline_page_with_the_curves_and_the_headline(ci_project):
+    """`dvc plots show` uses the vendored template (reports/vendor): no CDN script, the vega libraries inline, one
+    vega spec per plot including the cross-model headline FID and the training curves."""
+    dest, env, _ = ci_project
+    _run(["dvc", "plots", "show", "-o", str(dest / "dvc_plots")], dest, env)
+    page = (dest / "dvc_plots" / "index.html").read_text(encoding="utf8")
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page and "vegaEmbed(" in page
+    assert "curves/ours" in page
+    rows = list(csv.DictReader(open(dest / "metrics" / "headline_plot.csv")))
+    assert all(float(r["fid"]) >= 0 for r in rows)  # only competent headline FIDs (ci's evaluator may have none)
+    assert "Headline FID per Table 1 row" in page or not rows
+
+
 def test_first_repro_runs_every_stage_and_writes_outputs(ci_project):
     dest, env, log = ci_project
     params = yaml.safe_load((dest / "params.yaml").read_text())

@@ -43,7 +43,7 @@ def read(root, stage, name):
 
 
 def test_fidkid_stage(project, monkeypatch):
-    from eval import stages
+    from pipeline.app import evaluate as stages
 
     monkeypatch.setenv("TORCH_HOME", str(project / "no-torch-home"))  # no Inception weights anywhere
     params = make_params()
@@ -68,7 +68,7 @@ def test_fidkid_stage(project, monkeypatch):
 
 
 def test_segmentation_stages(project):
-    from eval import stages
+    from pipeline.app import evaluate as stages
 
     params = make_params()
     trained = stages.run_segmenters(params, root=project)
@@ -97,7 +97,7 @@ def test_segmentation_stages(project):
 
 
 def test_detection_stages(project):
-    from eval import stages
+    from pipeline.app import evaluate as stages
 
     params = make_params()
     log = stages.run_detector_training(params, root=project)
@@ -116,7 +116,7 @@ def test_detection_stages(project):
 
 
 def test_classifier_stage(project):
-    from eval import stages
+    from pipeline.app import evaluate as stages
 
     params = make_params()
     res = stages.run_classifiers(params, root=project)
@@ -135,7 +135,7 @@ def test_classifier_stage(project):
 
 
 def test_paired_stage(project):
-    from eval import stages
+    from pipeline.app import evaluate as stages
 
     params = make_params()
     res = stages.run_paired(params, "toy", root=project)

@@ -1,11 +1,12 @@
 """The layers and their allowed import directions, parsed from the sources (function-level imports included).
 
-    core     pipeline/ (schema, config, contract, registry, engine, io, layout, data, prior, ...)  imports core only
+    core     pipeline/ but pipeline/app/ (schema, config, contract, registry, engine, io, layout, data, prior, ...)
+                                            imports core only
     methods  ours/, baselines/<name>/       core, and their own package (never another method: copies carry
                                             `# Copied from`, see tests/test_copies.py)
     eval     eval/ (metrics, evaluators)    core, eval
     reports  reports/ (tables, figures)     core, eval, reports
-    app      the CLI and every DVC stage entry (APP below): the only layer that may import everything
+    app      pipeline/app/: the CLI and every DVC stage entry, the only layer that may import everything
 
 The registry finds methods by directory (importlib), so the core never names a method in an import.
 """
@@ -17,8 +18,7 @@ from pathlib import Path
 from pipeline.offline import PROJECT_ROOT
 
 PACKAGES = ("pipeline", "ours", "baselines", "eval", "reports")
-APP = ("pipeline.cli", "pipeline.bench", "pipeline.scaffold", "pipeline.stages", "eval.stages", "reports.build",
-       "reports.publish")
+APP = ("pipeline.app",)  # the CLI and every DVC stage entry: one package, one module per stage family
 ALLOWED = {"core": {"core"}, "methods": {"core"}, "eval": {"core", "eval"}, "reports": {"core", "eval", "reports"},
            "app": {"core", "methods", "eval", "reports", "app"}}
 
@@ -83,7 +83,9 @@ def test_a_planted_violation_is_reported_with_file_and_name(tmp_path):
     (tmp_path / "baselines" / "unit").mkdir()
     (tmp_path / "baselines" / "unit" / "model.py").write_text("from baselines.munit.networks import Decoder\n"
                                                               "from baselines.unit import losses\n")
-    (tmp_path / "pipeline" / "cli.py").write_text("from reports.build import main\nfrom ours import Ours\n")
+    (tmp_path / "pipeline" / "app").mkdir()  # the app may import everything: no violation
+    (tmp_path / "pipeline" / "app" / "cli.py").write_text("from pipeline.app.report import main\n"
+                                                          "from ours import Ours\n")
     assert violations(tmp_path) == [
         "baselines/unit/model.py:1: methods module baselines.unit.model imports baselines.munit.networks (methods)",
         "baselines/unit/model.py:1: methods module baselines.unit.model imports baselines.munit.networks.Decoder "
@@ -98,7 +100,7 @@ def test_no_file_points_outside_the_project():
     import re
 
     outside = re.compile(r"\.\./shared|shared/reference|reference/\w+\.md|\b(offline|baselines|suite-anchors|DESIGN|"
-                         r"paper)\.md\b")
+                         r"paper)\.md\b|\bDESIGN\b")
     offenders = []
     for pattern in ("*.py", "*.md", "*.toml", "*.yaml", "Makefile"):
         for path in PROJECT_ROOT.rglob(pattern):
@@ -110,3 +112,30 @@ def test_no_file_points_outside_the_project():
                 if outside.search(line) and "test_no_file_points_outside" not in line and "outside = re" not in line:
                     offenders.append(f"{rel}:{n}: {line.strip()[:80]}")
     assert offenders == []
+
+
+def private_imports(root: Path) -> list[str]:
+    """`from a.b import _name` where the importing module is not in package a.b's folder: a private helper used
+    across packages (make it public, or move it where both can use it)."""
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            src = module_name(path, root)
+            src_pkg = src if path.name == "__init__.py" else src.rpartition(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                        and node.module.split(".")[0] in PACKAGES:
+                    dst_pkg = node.module.rpartition(".")[0] or node.module
+                    for alias in node.names:
+                        if alias.name.startswith("_") and not alias.name.startswith("__") and dst_pkg != src_pkg:
+                            found.append(f"{path.relative_to(root)}:{node.lineno}: {node.module}.{alias.name}")
+    return found
+
+
+def test_no_private_helper_is_imported_across_packages(tmp_path):
+    assert private_imports(PROJECT_ROOT) == []
+    (tmp_path / "pipeline" / "app").mkdir(parents=True)
+    (tmp_path / "pipeline" / "data").mkdir()
+    (tmp_path / "pipeline" / "app" / "cli.py").write_text("from pipeline.data.adapters import _resize\n")
+    (tmp_path / "pipeline" / "data" / "drr.py").write_text("from pipeline.data.adapters import _resize\n")
+    assert private_imports(tmp_path) == ["pipeline/app/cli.py:1: pipeline.data.adapters._resize"]

@@ -187,7 +187,7 @@ def probe(seed: int = 5):
 
 
 def test_diagnostics_measure_the_mask_against_an_independent_computation():
-    from pipeline.prior import auroc
+    from pipeline.auroc import auroc
 
     model = build()
     p = probe()

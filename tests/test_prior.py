@@ -12,8 +12,9 @@ import torchvision
 from scipy.stats import mannwhitneyu
 from torch import nn
 
-from pipeline.prior import (NIH14, XRV_PATHOLOGIES, PriorError, PriorNet, auroc, convert_checkpoint, load_prior,
-                            per_label_auroc, run_prior_stage, save_prior)
+from pipeline.app.prior import run_prior_stage
+from pipeline.auroc import auroc, per_label_auroc
+from pipeline.prior import NIH14, XRV_PATHOLOGIES, PriorError, PriorNet, convert_checkpoint, load_prior, save_prior
 from pipeline.prior_params import PriorParams
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

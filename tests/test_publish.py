@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reports.publish import publish, stage_times
+from pipeline.app.publish import publish, stage_times
 
 
 def test_stage_times_from_a_timestamped_log():

@@ -263,7 +263,7 @@ def tiny_params(root: Path):
 
 @pytest.mark.slow
 def test_sigkill_during_data_generation_then_rerun(tmp_path):
-    import pipeline.data.stage as stage
+    import pipeline.app.data as stage
     from pipeline.data.canonical import read_manifest
 
     params = tiny_params(tmp_path)
@@ -307,10 +307,10 @@ def translated_project(tmp_path_factory):
     """Three tiny evaluation sets, an (untrained) exported cyclegan and one complete translate + paired run."""
     from test_eval_support import write_eval_datasets
 
-    from eval.stages import run_paired
+    from pipeline.app.evaluate import run_paired
     from pipeline.engine import export_weights
     from pipeline.layout import Layout, build_translator
-    from pipeline.stages.translate import run_translate
+    from pipeline.app.translate import run_translate
 
     root = write_eval_datasets(tmp_path_factory.mktemp("proj"), size=32, n=3)
     params = tiny_params(root)
@@ -324,7 +324,7 @@ def translated_project(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigkill_during_translation_then_rerun(translated_project, tmp_path):
-    import pipeline.stages.translate as translate
+    import pipeline.app.translate as translate
 
     src, params = translated_project
     root = Path(shutil.copytree(src, tmp_path / "proj"))
@@ -356,7 +356,7 @@ def test_sigkill_during_translation_then_rerun(translated_project, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_while_an_evaluation_writes_its_metrics_then_rerun(translated_project, tmp_path):
-    from eval.stages import run_paired
+    from pipeline.app.evaluate import run_paired
 
     src, params = translated_project
     root = Path(shutil.copytree(src, tmp_path / "proj"))
@@ -397,7 +397,7 @@ def train_project(tmp_path, monkeypatch):
     process runs the real stage on it."""
     from helpers_data import write_tiny_dataset
 
-    import pipeline.stages.train as train
+    import pipeline.app.train as train
 
     path = write_profile("ci", tmp_path / "params.yaml")
     data = yaml.safe_load(path.read_text())
@@ -416,7 +416,7 @@ def train_project(tmp_path, monkeypatch):
 def cli(argv: list[str], capsys) -> tuple[int, list[str]]:
     """`cxrbench ARGV` in this process: (exit code, the error lines of stderr). Training's progress bar also writes
     to stderr; the error itself must be one line, after it, with no traceback."""
-    from pipeline.cli import main
+    from pipeline.app.cli import main
 
     capsys.readouterr()
     code = main(argv)
@@ -480,7 +480,7 @@ def test_cuda_out_of_memory_is_one_line_saying_what_to_change(train_project, mon
 
 def test_out_of_memory_is_a_training_error_in_process(train_project, monkeypatch):
     from pipeline import registry
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     root, params_file = train_project
 
@@ -506,7 +506,7 @@ def untracked_train(tmp_path_factory):
     """The train stage's outputs with tracking off: what every tracking failure must leave unchanged."""
     from helpers_data import write_tiny_dataset
 
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     root = tmp_path_factory.mktemp("untracked")
     write_tiny_dataset(root)
@@ -522,7 +522,7 @@ def test_a_broken_mlflow_store_never_fails_a_stage(tmp_path, untracked_train, mo
     from helpers_data import write_tiny_dataset
 
     from pipeline import tracking
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     write_tiny_dataset(tmp_path)
     params = tiny_params(tmp_path)

@@ -1,7 +1,7 @@
 """The report stage on a synthetic project whose metric files are written by the real evaluation stages.
 
-The fixture runs eval.stages (run_fidkid, run_segment, run_lesions, run_paired, run_classifiers) on a tiny canonical
-project (tests/test_eval_support.py datasets, 32 px) with fake translations of 11 models x 2 seeds, so the metric
+The fixture runs pipeline.app.evaluate (run_fidkid, run_segment, run_lesions, run_paired, run_classifiers) on a tiny
+canonical project (tests/test_eval_support.py datasets, 32 px) with fake translations of 11 models x 2 seeds, so the metric
 formats the report reads cannot drift from what the evaluators write. Only the expensive networks are replaced by
 cheap deterministic stand-ins (features for FID, segmenters, detector, classifiers); every JSON/CSV writer, average and
 statistic is the evaluators' own. Then: every table has its rows and columns, the numbers in the CSVs equal the
@@ -13,7 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +208,7 @@ def fake_networks(mp: pytest.MonkeyPatch, root: Path) -> None:
 
 
 def _evaluate(root: Path, params: Params, models) -> None:
-    from eval import stages
+    from pipeline.app import evaluate as stages
 
     for m in models:
         for s in params.seeds:
@@ -252,7 +254,7 @@ def fake_segmenter_patch(mp) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from reports.build import build_reports
+    from pipeline.app.report import build_reports
 
     root = build_project(tmp_path_factory.mktemp("reports"), make_params())
     with pytest.MonkeyPatch.context() as mp:
@@ -417,7 +419,7 @@ def ci_project(project, tmp_path_factory):
     to a temporary MLflow store: the partial-input and the MLflow tests share this one build."""
     from mlflow.tracking import MlflowClient
 
-    from reports.build import build_reports
+    from pipeline.app.report import build_reports
 
     tmp = tmp_path_factory.mktemp("ci")
     root = tmp / "partial"
@@ -462,7 +464,7 @@ def test_missing_models_and_files_give_reasons_not_numbers(ci_project):
 def test_table2_says_na_where_the_evaluator_does(project, tmp_path):
     """A Table 2 model without activation masks: the classifier stage writes "n/a" and the table keeps it (never
     zeros). The metric files come from the real stage on a copy of the data with mask-less translations."""
-    from eval import stages
+    from pipeline.app import evaluate as stages
     from reports import tables
     from reports.inputs import Inputs
 
@@ -489,7 +491,7 @@ def test_table2_says_na_where_the_evaluator_does(project, tmp_path):
 
 
 def test_empty_project_does_not_crash(tmp_path):
-    from reports.build import build_reports
+    from pipeline.app.report import build_reports
 
     result = build_reports(make_params(models=CI_MODELS, profile="ci"), root=tmp_path)
     assert result["problems"] == []
@@ -568,6 +570,10 @@ def test_mlflow_summary_runs_carry_table1_metrics(ci_project):
     cyc = [r for r in runs if r.data.tags["model"] == "cyclegan" and r.data.tags["seed"] == "0"][0]
     assert "fid_cxr_densenet" not in cyc.data.metrics and "rsna_like_miou" in cyc.data.metrics  # fidkid deleted
     assert {r.data.tags["profile"] for r in runs} == {"ci"}
+    # the compare page shows parameters: profile, method and its whole config (flattened), seed
+    p = run.data.params
+    assert p["profile"] == "ci" and p["method"] == "ours" and p["seed"] == "1" and p["cfg.lambda_bam"] == "0.1", p
+    assert [r for r in runs if r.data.tags["model"] == "original"][0].data.params["method"] == "original"
     orig = [r for r in runs if r.data.tags["model"] == "original"][0].data.metrics
     assert orig["rsna_like_miou"] == pytest.approx(num(table1["original"]["rsna_like_miou"]))
     report = client.search_runs([exp.experiment_id], "tags.stage = 'report'")
@@ -598,7 +604,7 @@ def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = cli_env({"MLFLOW_TRACKING_URI": client.tracking_uri, "CXRBENCH_ROOT": str(tmp_path)})
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "ui", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -628,7 +634,7 @@ def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
 def test_floor_and_ceiling_rows_and_the_competence_gate(project, tmp_path):
     """Identity / Blur / Oracle rows come right after Original with numbers and intervals; when an evaluator falls
     below its floor its numbers are replaced by "evaluator not competent (value < floor)" and the CSV keeps them."""
-    from eval import stages
+    from pipeline.app import evaluate as stages
     from reports import tables
     from reports.inputs import Inputs
 
@@ -676,3 +682,39 @@ def test_headline_metrics_are_table1s_competent_fids(project):
         cell = rows[model]["fid_cxr_evaluator"]
         assert (value is None and cell == "") or value == pytest.approx(float(cell), abs=0.051), (model, value)
     assert any(v is not None for v in head.values())
+
+
+def test_index_html_is_one_self_contained_page_with_every_table_and_figure(project):
+    """reports/index.html: no external resource, every table (as an HTML table) and every figure (inline PNG)."""
+    root, result = project
+    page = (root / "reports" / "index.html").read_text(encoding="utf8")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing from the network
+    tables = sorted(p.stem for p in (root / "reports" / "tables").glob("*.md"))
+    for name in tables:
+        assert f'id="{name}"' in page, name
+    assert page.count("<table") >= len(tables)
+    figures = sorted(p.name for p in (root / "reports" / "figures").glob("*.png"))
+    assert figures and page.count('src="data:image/png;base64,') == len(figures)
+    t1 = read_csv(root / "reports" / "tables" / "table1.csv")
+    assert all(r["model"] in page for r in t1 if r.get("model"))
+
+
+def test_index_html_renders_in_headless_chromium(project, tmp_path):
+    """The page in a real browser (Debian's chromium, headless, network off): the screenshot is not blank and the
+    DOM has the tables and the images. `make test` installs chromium where it is missing (see the Makefile)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: `apt-get install chromium` (make test does this as root)"
+    root, _ = project
+    page = (root / "reports" / "index.html").as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server", "--proxy-server=127.0.0.1:9",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000", "--hide-scrollbars"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html_out = dom.stdout
+    assert html_out.count("<table") >= 5 and html_out.count("<img") >= 3 and "cxrbench report" in html_out
+    shot = tmp_path / "page.png"
+    r = subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape[1] >= 1000 and pixels.std() > 10  # text and tables drawn, not a blank page
+    assert (pixels < 128).mean() > 0.01

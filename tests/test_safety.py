@@ -213,7 +213,7 @@ def test_fid_feature_cache_never_unpickles(tmp_path, monkeypatch):
 # The MLflow UI binds to loopback by default
 # --------------------------------------------------------------------------------------------------------------------
 def test_ui_defaults_to_loopback_in_the_cli_and_the_makefile(capsys):
-    from pipeline.cli import build_parser, main
+    from pipeline.app.cli import build_parser, main
 
     assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
     with pytest.raises(SystemExit) as exc:
@@ -260,7 +260,8 @@ def test_ui_listens_on_loopback_only(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = cli_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ui.db'}", "CXRBENCH_ROOT": str(PROJECT_ROOT)})
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "ui", "--port", str(port)], cwd=tmp_path,
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         addresses: list[str] = []

@@ -61,7 +61,7 @@ def mlflow_server(tmp_path):
 @pytest.mark.slow
 def test_training_stage_logs_params_and_metrics_to_a_server(tmp_path, mlflow_server, monkeypatch):
     from helpers_data import write_tiny_dataset
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     url, pid = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)

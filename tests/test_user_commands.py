@@ -1,8 +1,10 @@
 """User commands: `cxrbench translate` on a user's DICOM and PNG files, `cxrbench new-baseline` end to end."""
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +38,7 @@ def _write_dicom(path, array_u16, monochrome1=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from helpers_data import write_tiny_dataset
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     root = tmp_path_factory.mktemp("root")
     params = load_params(write_profile("ci", root / "params.yaml"))
@@ -47,7 +49,7 @@ def trained(tmp_path_factory):
 
 
 def test_translate_dicom_and_png_with_mask_and_overlay(trained, tmp_path):
-    from pipeline.stages.user_translate import translate_files
+    from pipeline.app.user_translate import translate_files
 
     root, params = trained
     inputs = tmp_path / "in"
@@ -58,14 +60,18 @@ def test_translate_dicom_and_png_with_mask_and_overlay(trained, tmp_path):
     out = tmp_path / "out"
     written = translate_files(params, "ours_none", [str(inputs)], out, weights=str(root / "models/ours_none/seed0.pt"))
     assert len(written) == 6
-    for stem in ("patient1", "patient2"):
+    for stem in ("patient1", "patient2"):  # outputs at the input's own size (100 rows x 80 columns), not 64x64
         t = Image.open(out / f"{stem}_translated.png")
         m = Image.open(out / f"{stem}_mask.png")
         o = Image.open(out / f"{stem}_overlay.png")
-        assert t.mode == "L" and t.size == (64, 64) and m.size == (64, 64)
-        assert o.mode == "RGB" and o.size == (3 * 64, 64)
+        assert t.mode == "L" and t.size == (80, 100) and m.size == (80, 100)
+        assert o.mode == "RGB" and o.size == (3 * 80, 100)
+    index = list(csv.DictReader((out / "index.csv").open()))
+    assert [(Path(r["input"]).name, r["height"], r["width"], r["translated"]) for r in index] == [
+        ("patient1.dcm", "100", "80", "patient1_translated.png"),
+        ("patient2.png", "100", "80", "patient2_translated.png")]
     # MONOCHROME1: the left of the ramp (low stored value) is bright after inversion, as in the PNG's opposite
-    from pipeline.stages.user_translate import read_any
+    from pipeline.app.user_translate import read_any
 
     dcm, png = read_any(inputs / "patient1.dcm", 64), read_any(inputs / "patient2.png", 64)
     assert dcm[:, :8].mean() > 200 and dcm[:, -8:].mean() < 55
@@ -76,13 +82,47 @@ def test_translate_cli_bad_input_is_one_line(trained, tmp_path):
     root, _ = trained
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--params", str(root / "params.yaml"), "translate",
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "--params", str(root / "params.yaml"), "translate",
                         "--model", "ours_none", "--weights", str(root / "models/ours_none/seed0.pt"), "--out",
                         str(tmp_path / "out"), str(bad)], capture_output=True, text=True, env=cli_env())
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert str(bad) in r.stderr and "corrupt" in r.stderr
     assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_translate_keeps_every_result_and_refuses_what_it_cannot_do(trained, tmp_path):
+    """Same stems in several folders/extensions get distinct names; bad pixels, tiny or strip-shaped inputs, an
+    existing output and --out naming a file are one-line errors with nothing written."""
+    from pipeline.app.user_translate import translate_files
+
+    root, params = trained
+    kw = {"weights": str(root / "models/ours_none/seed0.pt")}
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    picture = (np.random.default_rng(0).random((70, 60)) * 255).astype(np.uint8)
+    for name in ("a.png", "a.jpg", "a_2.png", "sub/a.png"):
+        Image.fromarray(picture, "L").save(src / name)
+    out = tmp_path / "out"
+    translate_files(params, "ours_none", [str(src)], out, **kw)
+    index = list(csv.DictReader((out / "index.csv").open()))
+    assert len(index) == 4 and len({r["translated"] for r in index}) == 4
+    assert len(list(out.glob("*_translated.png"))) == 4 and all(r["mask"] for r in index)
+
+    with pytest.raises(Exception, match="already exists"):  # a second run into the same folder overwrites nothing
+        translate_files(params, "ours_none", [str(src)], out, **kw)
+    bad = {"nan.tiff": np.full((40, 40), np.nan, np.float32), "tiny.png": picture[:8, :8],
+           "strip.png": np.zeros((20, 200), np.uint8)}
+    for name, pixels in bad.items():
+        path = tmp_path / name
+        Image.fromarray(pixels).save(path)
+        with pytest.raises(Exception, match={"nan.tiff": "NaN", "tiny.png": "too small",
+                                             "strip.png": "elongated"}[name]) as err:
+            translate_files(params, "ours_none", [str(path)], tmp_path / f"out_{name}", **kw)
+        assert str(path) in str(err.value) and not (tmp_path / f"out_{name}").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(Exception, match="this is a file"):
+        translate_files(params, "ours_none", [str(src / "a.png")], tmp_path / "afile", **kw)
 
 
 @pytest.mark.slow
@@ -110,3 +150,15 @@ def test_new_baseline_passes_contract_tests_and_trains_under_dvc(tmp_path):
     assert (dest / "outputs" / "demo" / "seed0" / "index.csv").exists()
     r = subprocess.run(["cxrbench", "new-baseline", "demo"], cwd=dest, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "exists already" in r.stderr
+
+
+def test_every_stage_command_ends_with_one_line_saying_its_wall_time(tmp_path, monkeypatch, capsys):
+    import pipeline.app.cli as cli
+
+    params = write_profile("ci", tmp_path / "params.yaml")
+    monkeypatch.setattr(cli, "cmd_report", lambda args: print("report body"))
+    assert cli.main(["--params", str(params), "report"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "report body" and out[-1].startswith("cxrbench report: done in ") and out[-1].endswith(" s")
+    assert cli.main(["--params", str(params), "check"]) == 0  # not a stage: no timing line
+    assert "done in" not in capsys.readouterr().out

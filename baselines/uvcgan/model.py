@@ -29,6 +29,7 @@ from .image_pool import ImagePool
 from .losses import gan_loss, gradient_penalty, linear_anneal_factor
 from .masking import mask_patches
 from .networks import PatchDiscriminator, ViTUNetGenerator, init_weights
+from .pretraining import MaskedPretraining
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -171,8 +172,6 @@ class UVCGAN(Translator):
 
     def pretraining_view(self) -> Translator:
         """An object the engine can `fit` to run the pre-training (see pretraining.py)."""
-        from .pretraining import MaskedPretraining
-
         return MaskedPretraining(self)
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:

@@ -58,7 +58,7 @@ def _first_line(exc: Exception) -> str:
 
 def read_dicom(path: Path) -> np.ndarray:
     """float32 [0, 1] of a DICOM radiograph (bright = dense)."""
-    import pydicom
+    import pydicom  # lazy: only DICOM sources need it (start-up of every data stage)
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -96,7 +96,7 @@ def read_dicom(path: Path) -> np.ndarray:
 
 
 def dicom_view(path: Path) -> str:
-    import pydicom
+    import pydicom  # lazy: only DICOM sources need it
 
     try:
         return str(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "ViewPosition", "") or "")
@@ -160,7 +160,7 @@ def read_mask(path: Path) -> np.ndarray:
     return array > 127
 
 
-def _resize(image: np.ndarray, res: int) -> np.ndarray:
+def resize_square(image: np.ndarray, res: int) -> np.ndarray:
     """float image -> (res, res) by area averaging (PIL BOX filter, float mode)."""
     return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((res, res), Image.Resampling.BOX))
 
@@ -256,16 +256,17 @@ def write_images(target: Path, items: list[SourceImage], p: DataParams, eval_onl
             row = empty_row(id=it.id, split="test" if eval_only else (it.split or splits[it.patient_id]),
                             domain=it.domain, patient_id=it.patient_id, source=it.source,
                             view=it.view or (it.view_from() if it.view_from else ""))
-            row["image"] = writer.png("images", f"{it.id}.png", np.round(_resize(image, res) * 255).astype(np.uint8))
+            pixels = np.round(resize_square(image, res) * 255).astype(np.uint8)
+            row["image"] = writer.png("images", f"{it.id}.png", pixels)
             if it.lung is not None:
                 lung = it.lung()
                 _check_aspect(lung, image.shape, it.lung_file, it.id)
-                row["lung_mask"] = writer.png("lung_masks", f"{it.id}.png", _resize(lung, res) >= 0.5)
+                row["lung_mask"] = writer.png("lung_masks", f"{it.id}.png", resize_square(lung, res) >= 0.5)
             opacity = None
             if it.opacity is not None:
                 mask = it.opacity()
                 _check_aspect(mask, image.shape, it.opacity_file, it.id)
-                opacity = _resize(mask, res) >= 0.5
+                opacity = resize_square(mask, res) >= 0.5
                 boxes = boxes_from_mask(opacity)
             elif it.boxes_px is not None:
                 h, w = image.shape

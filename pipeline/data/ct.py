@@ -78,7 +78,7 @@ class Template:
 def load_template(spacing_mm: float) -> Template:
     """The cleaned CT and grouped labels at in-plane spacing `spacing_mm` (>= native 0.703 mm; z stays at 2.5 mm
     unless coarser is asked). Cached per process."""
-    import nibabel as nib
+    import nibabel as nib  # lazy: only rendering from the CT volumes needs it
 
     ct_path, mask_path = ct_files()
     try:

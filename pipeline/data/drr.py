@@ -23,12 +23,23 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from pipeline.data.canonical import NIH14, OPACITY_LABELS
+from pipeline.data.canonical import NIH14, OPACITY_LABELS, DataError
 from pipeline.data.ct import load_template
 from pipeline.data.devices import devices
 from pipeline.data.findings import INSERTERS, LABELS_OF, OTHER_FINDINGS
-from pipeline.data.render import (AP, PA, Exposure, Pose, area_downsample, expose, influence_radius, line_integral,
-                                  lung_mask, projected_mask, sample_patient)
+from pipeline.data.render import (
+    AP,
+    PA,
+    Exposure,
+    Pose,
+    area_downsample,
+    expose,
+    influence_radius,
+    line_integral,
+    lung_mask,
+    projected_mask,
+    sample_patient,
+)
 
 DATASETS = {"drr": 1, "ards-like": 2, "jsrt-like": 3}
 SPLITS = {"train": 1, "val": 2, "test": 3}
@@ -181,8 +192,6 @@ def render_patient(spec: PatientSpec, settings: Settings, findings: list[list[st
                 per_finding[name] = shown
         wanted = [n for n in names if any(label in OPACITY_LABELS for label in LABELS_OF[n])]
         if wanted and not opacity_support.any():
-            from pipeline.data.canonical import DataError
-
             raise DataError(f"params.yaml: data.resolution: {res} px is too small to show {', '.join(wanted)} "
                             f"({spec.patient_id}); use 32 or more")
         names = kept
@@ -213,7 +222,5 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        from pipeline.data.canonical import DataError
-
         raise DataError("params.yaml: data.device is 'cuda' but no CUDA device is available (use auto or cpu)")
     return name

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.canonical import load_images, load_masks, read_boxes, read_manifest
 from pipeline.data.drr import Case
 
 
 def contact_sheet(rows: list[tuple[str, Case]], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: the Agg backend is chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,8 +50,6 @@ def contact_sheet(rows: list[tuple[str, Case]], path: Path) -> Path:
 def dataset_sheet_rows(data_root: Path, names: list[str], per_dataset: int = 4) -> list[tuple[str, Case]]:
     """Rows for datasets read back from disk (real-data sources: no findings to render one by one). Up to
     `per_dataset` images each, opacity ones first; the twin column repeats the image where there is none."""
-    from pipeline.data.canonical import load_images, load_masks, read_boxes, read_manifest
-
     rows = []
     for name in names:
         folder = Path(data_root) / name

@@ -9,16 +9,21 @@ byte-identical manifests, images and summary.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from pipeline.data.adapters import write_mimic_ards, write_source
 from pipeline.data.canonical import LABEL_COLUMNS, NIH14, DatasetWriter, boxes_text, empty_row, read_manifest
 from pipeline.data.drr import Case, PatientSpec, Settings, plan, render_patient, resolve_device
 from pipeline.data.params import DataParams
+from pipeline.data.sheet import contact_sheet, dataset_sheet_rows
+from pipeline.io import atomic_write
 
 EXAMPLE_FINDINGS = ("Atelectasis", "Consolidation", "Edema", "Effusion", "Infiltration", "Pneumonia",
                     "Cardiomegaly", "Nodule", "Mass", "Pneumothorax", "Emphysema")
@@ -71,9 +76,6 @@ class Renderer:
 
     def __enter__(self) -> "Renderer":
         if self.workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker,
                                             initargs=(self.threads,),
                                             mp_context=multiprocessing.get_context("spawn"))
@@ -147,18 +149,12 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
     workers = p.workers or (os.cpu_count() or 1)
     written = {}
     if p.source != "drr":
-        from pipeline.data.adapters import write_source
-
         write_source(p, p.source, out_root / "drr")
         written["drr"] = p.source
     if p.mimic_ards_studies:
-        from pipeline.data.adapters import write_mimic_ards
-
         write_mimic_ards(p, out_root / "ards-like")
         written["ards-like"] = "mimic"
     if p.jsrt_dir and p.jsrt_as_eval:
-        from pipeline.data.adapters import write_source
-
         write_source(p, "jsrt", out_root / "jsrt-like", eval_only=True)
         written["jsrt-like"] = "jsrt"
     todo = [name for name in ("drr", "ards-like", "jsrt-like") if name not in written]
@@ -167,7 +163,6 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
             log(f"data: rendering {name} ({sum(counts[name].values())} images at {p.resolution} px)")
             write_drr_dataset(out_root / name, counts[name], renderer, p.images_per_patient, log)
             written[name] = "drr"
-    from pipeline.data.sheet import contact_sheet, dataset_sheet_rows
 
     if p.source == "drr":
         contact_sheet(example_cases(p), figure)
@@ -176,9 +171,7 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
     summary = {"resolution": p.resolution, "seed": p.seed, "source": p.source,
                "datasets": {name: dataset_summary(out_root / name) for name in ("drr", "ards-like", "jsrt-like")}}
     summary["datasets"] = {k: {**v, "origin": written[k]} for k, v in summary["datasets"].items()}
-    tmp = out_root / ".tmp-summary.json"  # written whole, then renamed: a killed run leaves no half file
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out_root / "summary.json")
+    atomic_write(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")  # a killed run leaves no half file
     wrote = ", ".join(f"{k} ({v['images']} images)" for k, v in summary["datasets"].items())
     log(f"data: wrote {wrote} and {figure} in {time.perf_counter() - start:.1f} s")
     return summary

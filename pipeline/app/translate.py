@@ -1,6 +1,7 @@
 """`translate@<model>`: run a trained model over every evaluation set (and the training set, for Table 2).
 
-Writes outputs/<model>/seed<k>/index.csv plus 8-bit PNGs (metric inputs are 8-bit PNG, DESIGN section 7):
+Writes outputs/<model>/seed<k>/index.csv plus 8-bit PNGs (metric inputs are 8-bit PNG, so every method is scored
+on what a user would save):
 - every image of each evaluation set goes A->B (normal images too: a translator should leave them alone);
 - normal images of `train` and `rsna_like` also go B->A (Table 2 "Generated" uses both directions);
 - activation masks (mask * 255) where the method has them.
@@ -18,9 +19,11 @@ from PIL import Image
 
 from pipeline import tracking
 from pipeline.config import Params
+from pipeline.data.canonical import load_images, read_manifest
 from pipeline.engine import to_model_range
 from pipeline.io import write_json
 from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout, load_trained, set_threads
+from pipeline.progress import bar
 
 BATCH = 16
 
@@ -32,8 +35,6 @@ def to_uint8(x: torch.Tensor, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
 
 
 def _sets(params: Params, root: Path, train_cap: int) -> list[tuple[str, str, pd.DataFrame]]:
-    from pipeline.data.canonical import read_manifest
-
     out = []
     for name, (dataset, split) in EVAL_SETS.items():
         ds = root / "data" / dataset
@@ -53,13 +54,11 @@ def _sets(params: Params, root: Path, train_cap: int) -> list[tuple[str, str, pd
 @torch.no_grad()
 def translate_rows(translator, dataset_dir: Path, rows: pd.DataFrame, direction: str, out_dir: Path, rel: str,
                    device: str) -> list[dict]:
-    from pipeline.data.canonical import load_images
-
     fn = translator.translate if direction == "a2b" else translator.translate_b2a
     records = []
     img_dir, mask_dir = out_dir / rel / direction, out_dir / rel / f"{direction}_mask"
     img_dir.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(rows), BATCH):
+    for start in bar(range(0, len(rows), BATCH), desc=f"translate {rel} {direction}", unit="batch"):
         chunk = rows.iloc[start:start + BATCH]
         x = to_model_range(torch.from_numpy(load_images(dataset_dir, chunk)))[:, None].to(device)
         result = fn(x)

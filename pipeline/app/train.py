@@ -1,6 +1,6 @@
 """`train@<model>`: train one model for every seed (resumes automatically), export final weights.
 
-Runs unchanged under torchrun (`torchrun --nproc_per_node N -m pipeline.cli train --model M`: one run across N
+Runs unchanged under torchrun (`torchrun --nproc_per_node N -m pipeline.app.cli train --model M`: one run across N
 processes, see pipeline/distributed.py): every rank trains, rank 0 alone logs to MLflow and writes files.
 """
 from __future__ import annotations

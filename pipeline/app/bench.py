@@ -1,7 +1,7 @@
 """`cxrbench bench`: speed and memory of every translator's training step and of the evaluation models.
 
-Results go to reports/bench/bench-<device>-<size>px.json and .md, with device, versions and the command, so targets
-(DESIGN section 8) are checked in benchmark results, never in timed tests. Per translator: training iterations/s,
+Results go to reports/bench/bench-<device>-<size>px.json and .md, with device, versions and the command, so speed
+and memory targets are checked in benchmark results, never in timed tests. Per translator: training iterations/s,
 peak memory, FLOPs per training step (torch.utils.flop_counter on one step) and, on a GPU, model FLOP utilisation
 against the device's bf16 dense peak. Evaluation: images/s of translation, prior (cxr-densenet) feature extraction,
 the four segmenters and YOLO inference.
@@ -11,15 +11,25 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
+from eval.detection import switch_off_integrations
+from eval.segmentation import build_segmenter, predict_lungs
 from pipeline import registry
 from pipeline.engine import Engine, EngineSettings, compile_networks, seed_everything, select_device
+from pipeline.io import atomic_write
+from pipeline.prior import PriorNet
 
 # dense bf16 peak (no sparsity), FLOP/s, by device-name substring
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
@@ -69,7 +79,6 @@ def bench_translator(name: str, size: int, batch: int, steps: int, device: torch
     b_img = torch.rand(b, 1, size, size, device=device) * 2 - 1
     t.train()
     # FLOPs of one step (counted once, outside the timed loop)
-    from torch.utils.flop_counter import FlopCounterMode
 
     flops, flops_note = None, ""
     try:
@@ -116,8 +125,6 @@ def bench_translator(name: str, size: int, batch: int, steps: int, device: torch
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    import numpy
-
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
@@ -130,7 +137,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{results['environment']['device'].split(':')[0]}-{results['size']}px"
     path = out_dir / f"bench-{tag}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(path, json.dumps(results, indent=2) + "\n")
     lines = [f"# Benchmark: {tag}", "", f"Command: `{results['command']}`", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
              "| method | batch | it/s | s/it | GFLOP/step | MFU | peak MB | params (M) | translate img/s |",
@@ -148,7 +155,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     if results.get("evaluation"):
         lines += ["", "| evaluation model | images/s |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in results["evaluation"].items()]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write(path.with_suffix(".md"), "\n".join(lines) + "\n")
     return path
 
 
@@ -173,9 +180,7 @@ def run_bench(args) -> dict[str, Any]:
 
 
 def _in_subprocess(name: str, args, device: torch.device) -> dict[str, Any]:
-    import subprocess
-
-    code = ("import json, sys, torch; from pipeline.bench import bench_translator; "
+    code = ("import json, sys, torch; from pipeline.app.bench import bench_translator; "
             f"torch.set_num_threads({torch.get_num_threads()}); "
             f"r = bench_translator({name!r}, {args.size}, {args.batch}, {args.steps}, torch.device({str(device)!r}), "
             f"{args.precision!r}, {('paper' if device.type == 'cuda' else 'cpu')!r}); print('RESULT ' + json.dumps(r))")
@@ -200,24 +205,15 @@ def _rate(fn, n_images: int, device: torch.device, reps: int = 3) -> float:
 @torch.no_grad()
 def bench_evaluation(device: torch.device, size: int, n: int = 32) -> dict[str, Any]:
     """Images/s of the evaluation models (randomly initialised: speed does not depend on the weights)."""
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
     out: dict[str, Any] = {}
     images = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
     try:
-        from pipeline.prior import PriorNet
-
         prior = PriorNet(input_size=max(64, size)).to(device).eval()
         x = torch.rand(n, 1, size, size, device=device) * 2 - 1
         out["cxr-densenet features (FID)"] = _rate(lambda: prior.pooled(x), n, device)
     except Exception as exc:  # noqa: BLE001
         out["cxr-densenet features (FID)"] = f"error: {str(exc).splitlines()[0][:80]}"
     try:
-        from eval.segmentation import build_segmenter, predict_lungs
-
         for name in ("pspnet", "unet", "cenet", "vgg16bn_unet"):
             model = build_segmenter(name).to(device).eval()
             out[f"segmenter {name}"] = _rate(lambda: predict_lungs(model, images, size, device, batch_size=n),
@@ -225,10 +221,8 @@ def bench_evaluation(device: torch.device, size: int, n: int = 32) -> dict[str, 
     except Exception as exc:  # noqa: BLE001
         out["segmenters"] = f"error: {str(exc).splitlines()[0][:80]}"
     try:
-        from eval.detection import switch_off_integrations
-
         switch_off_integrations()
-        from ultralytics import YOLO
+        from ultralytics import YOLO  # lazy: only after switch_off_integrations()
 
         model = YOLO("yolov5n.yaml")
         with tempfile.TemporaryDirectory() as tmp:

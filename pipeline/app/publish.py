@@ -57,6 +57,8 @@ def publish(root: Path, name: str, log: Path | None, command: str, wall_seconds:
     for f in sorted((reports / "figures").glob("*.png")):
         shutil.copy2(f, tmp / "figures" / f.name)
     shutil.copy2(reports / "README.md", tmp / "README.md")
+    if (reports / "index.html").is_file():  # the self-contained page (figures inline)
+        shutil.copy2(reports / "index.html", tmp / "index.html")
     times = stage_times(log.read_text()) if log and log.is_file() else {}
     prov = {"name": name, "profile": params.profile, "command": command,
             "commit": _git(root, "rev-parse", "HEAD"), "dirty": bool(_git(root, "status", "--porcelain")),

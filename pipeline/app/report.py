@@ -10,16 +10,20 @@ the row or panel says what is missing and how to get it.
 """
 from __future__ import annotations
 
+import csv
+import io
 import warnings
 from pathlib import Path
 from typing import Any
 
 from eval.fid_kid import DIAGNOSTIC_SPACES
 from pipeline.config import Params
-from pipeline.io import write_json
+from pipeline.io import atomic_write, write_json
 from pipeline.offline import PROJECT_ROOT
+from pipeline.tracking import tracking_uri
 from reports import figures as figs
 from reports import tables as tabs
+from reports.html import render_page
 from reports.inputs import ORIGINAL, Inputs
 
 TABLE_INDEX = {
@@ -74,8 +78,6 @@ def coverage(inp: Inputs) -> list[str]:
 
 
 def mlflow_lines(params: Params) -> list[str]:
-    from pipeline.tracking import tracking_uri
-
     tr = params.tracking
     off = ([] if tr.enabled else
            ["**MLflow tracking is off in this profile** (`tracking.enabled: false`): no summary or report runs were "
@@ -121,9 +123,7 @@ def write_index(inp: Inputs, reports: Path, tables: list[tabs.Table], figures: d
               "## MLflow", "", *mlflow_lines(inp.params), ""]
     if problems:
         lines += ["## Problems while building this report", "", *[f"- {p}" for p in problems], ""]
-    path = reports / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return atomic_write(reports / "README.md", "\n".join(lines))
 
 
 def _placeholder(path: Path, text: str) -> Path:
@@ -151,7 +151,23 @@ def headline_metrics(inp: Inputs, tables: list) -> dict[str, Any]:
         ok = row.get(f"{k}_competent", True)
         if row.get("model"):
             fid[row["model"]] = round(float(value), 1) if isinstance(value, (int, float)) and ok else None
-    return {"fid": fid}
+    return {"fid": fid, "space": spaces[0],
+            "interval": {row["model"]: [row.get(f"fid_{k}_lo"), row.get(f"fid_{k}_hi")] for row in table1.rows
+                         if row.get("model") and fid.get(row["model"]) is not None}}
+
+
+def headline_plot_rows(headline: dict[str, Any]) -> str:
+    """metrics/headline_plot.csv for the cross-model DVC plot `headline_fid`: one row per Table 1 row with a
+    competent headline FID (model, fid, 95 % interval, feature space)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["model", "fid", "fid_lo", "fid_hi", "space"])
+    for model, value in headline.get("fid", {}).items():
+        if value is not None:
+            lo, hi = headline.get("interval", {}).get(model, [None, None])
+            writer.writerow([model, value, "" if lo is None else round(lo, 1), "" if hi is None else round(hi, 1),
+                             headline.get("space", "")])
+    return buf.getvalue()
 
 
 def build_reports(params: Params, root: Path | None = None) -> dict[str, Any]:
@@ -163,7 +179,9 @@ def build_reports(params: Params, root: Path | None = None) -> dict[str, Any]:
     files: list[Path] = []
     for t in tables:
         files += list(t.write(reports / "tables"))
-    write_json(root / "metrics" / "headline.json", headline_metrics(inp, tables))  # for dvc metrics show
+    headline = headline_metrics(inp, tables)
+    write_json(root / "metrics" / "headline.json", {"fid": headline["fid"]})  # for dvc metrics show: FIDs only
+    atomic_write(root / "metrics" / "headline_plot.csv", headline_plot_rows(headline))  # for dvc plots show
     problems: list[str] = []
     written: dict[str, Path] = {}
     for name, fn in figs.FIGURES.items():
@@ -176,9 +194,15 @@ def build_reports(params: Params, root: Path | None = None) -> dict[str, Any]:
             written[name] = _placeholder(reports / "figures" / name, f"This figure failed: {msg}")
     files += list(written.values())
     files.append(write_index(inp, reports, tables, written, problems))
+    page_figures = dict(written)
+    if (reports / "figures" / "data_samples.png").is_file():
+        page_figures["data_samples.png"] = reports / "figures" / "data_samples.png"
+    captions = {**FIGURE_INDEX, "data_samples.png": "Samples of the three datasets (written by the data stage)."}
+    files.append(atomic_write(reports / "index.html", render_page(inp, tables, page_figures, captions,
+                                                                 coverage(inp), problems)))
     logged = []
     if params.tracking.enabled:
-        from reports.mlflow_summary import log_report_run, log_summary_runs
+        from reports.mlflow_summary import log_report_run, log_summary_runs  # lazy: mlflow only when tracking is on
 
         logged = log_summary_runs(inp)
         log_report_run(inp, files, reports)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import registry
+from pipeline.config import read_yaml, to_plain
 from pipeline.errors import CxrbenchError
+from pipeline.io import atomic_write
 from pipeline.offline import PROJECT_ROOT
 
 INIT = '''"""{title}: a cxrbench baseline (see README.md for the source and every modification)."""
@@ -152,7 +155,6 @@ paper: {{}}
 def new_baseline(name: str, add_to_params: bool = True, root: Path = PROJECT_ROOT) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise CxrbenchError(f"baseline name {name!r}: use lower-case letters, digits and '_' (e.g. 'attention_gan')")
-    from pipeline import registry
 
     if name in registry.names():
         raise CxrbenchError(f"baseline {name!r} exists already ({registry.package_path(name)}); choose another name")
@@ -180,9 +182,6 @@ def new_baseline(name: str, add_to_params: bool = True, root: Path = PROJECT_ROO
 
 def add_model_to_params(name: str, params_path: Path) -> None:
     """Add models.<name> and methods.<name> (the Config with this profile's values) to params.yaml."""
-    from pipeline import registry
-    from pipeline.config import read_yaml, to_plain
-
     data = read_yaml(params_path)
     profile = data.get("profile", "cpu")
     data.setdefault("models", {})[name] = {"method": name, "package": registry.package_path(name),
@@ -190,6 +189,4 @@ def add_model_to_params(name: str, params_path: Path) -> None:
     data.setdefault("methods", {})[name] = to_plain(registry.profile_config(name, profile))
     text = params_path.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    tmp = params_path.with_suffix(".yaml.tmp")
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
-    tmp.replace(params_path)
+    atomic_write(params_path, header + yaml.safe_dump(data, sort_keys=False, width=120))

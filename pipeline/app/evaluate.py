@@ -17,25 +17,34 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 
 import pipeline  # noqa: F401  (offline switches first)
 from eval import classification as cls_mod
+from eval import evaluator as evmod
 from eval import fid_kid as fk
 from eval import paired as paired_mod
 from eval import segmentation as seg
+from eval import detection
+from eval.references import REFERENCE_SEED, REFERENCES, blur_sigma_at, gaussian_blur
 from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, load_mask, load_original,
                        pick_device, read_pngs, scored_rows, train_rows)
-from eval.references import REFERENCE_SEED, REFERENCES
 from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
+from pipeline import tracking
 from pipeline.config import Params
-from pipeline.io import atomic_write
-from pipeline.io import write_json
-from pipeline.layout import Layout, set_threads
+from pipeline.data import canonical
+from pipeline.data.canonical import LABEL_COLUMNS, NIH14, label_matrix
+from pipeline.io import atomic_write, write_json
+from pipeline.layout import TRAIN_DATASET, Layout, set_threads
+from pipeline.auroc import per_label_auroc
 
 # Tables 1 and 3: translated opacity test images vs real normal test images of the RSNA(-like) set
 FID_SET = "rsna_like"
@@ -75,8 +84,6 @@ def _finish(params: Params, layout: Layout, stage: str, name: str, result: dict[
     if rows is not None:
         _write_csv(path.with_suffix(".csv"), rows)
     if params.tracking.enabled:
-        from pipeline import tracking
-
         with tracking.stage_run(stage, model=name, profile=params.profile, enabled=True,
                                 experiment=params.tracking.experiment, uri=params.tracking.uri) as run:
             run.log_metrics(result)  # flattened to a.b.c and filtered to finite numbers there
@@ -124,6 +131,7 @@ def run_fidref(params: Params, root: Path | None = None) -> dict[str, Any]:
         ext = _extractor(params, layout, name)
         if not ext.available:
             out[name] = {"status": "unavailable", "how_to_fix": ext.unavailable}
+            print(f"FID/KID space {name}: not computed. {ext.unavailable}", flush=True)  # once per pipeline run
             continue
         feats, hit = fk.cached_features(ref_paths, ext, fid_cache_file(layout, name), params.eval.batch_size)
         out[name] = {"status": "ok", "n": int(len(feats)), "dim": int(feats.shape[1]), "cache": hit,
@@ -237,8 +245,6 @@ def _known_original_scores(layout: Layout, settings: dict[str, Any]) -> dict[str
     The original images' scores do not depend on the model; reusing them halves every segment@<model> stage. Only a
     speed-up: a missing or stale file means they are computed again here.
     """
-    import json
-
     path = layout.metrics("segment", ORIGINAL)
     try:
         prev = json.loads(path.read_text())
@@ -334,16 +340,12 @@ def _det_size(params: Params) -> int:
 
 def run_detector_training(params: Params, root: Path | None = None) -> dict[str, Any]:
     """Train the YOLOv5 lesion detector once on the opacity boxes of data/drr (train/val splits)."""
-    from eval.detection import train_detector
-    from pipeline.data.canonical import read_manifest
-    from pipeline.layout import TRAIN_DATASET
-
     layout, device = _setup(params, root)
     ev = params.eval
     ds = layout.dataset(TRAIN_DATASET)
-    df = read_manifest(ds)
+    df = canonical.read_manifest(ds)
     df = df[df["split"].isin(["train", "val"])].reset_index(drop=True)
-    return train_detector(ds, df, detector_dir(layout), cfg=ev.detector_cfg,
+    return detection.train_detector(ds, df, detector_dir(layout), cfg=ev.detector_cfg,
                           weights=_in_project(layout, ev.detector_weights), epochs=ev.det_epochs,
                           batch_size=ev.det_batch_size, image_size=_det_size(params), seed=ev.seed,
                           device=_cuda_index(device))
@@ -351,11 +353,9 @@ def run_detector_training(params: Params, root: Path | None = None) -> dict[str,
 
 def run_lesions(params: Params, model: str, root: Path | None = None) -> dict[str, Any]:
     """Detections per image before vs after translation, the Wilcoxon signed-rank test, box-plot data."""
-    from eval.detection import DETECTOR_FILE, count_detections, load_detector
-
     layout, device = _setup(params, root)
     ev = params.eval
-    detector = load_detector(detector_dir(layout) / DETECTOR_FILE)
+    detector = detection.load_detector(detector_dir(layout) / detection.DETECTOR_FILE)
     translations = _translations(layout, params, model)
     kw = dict(image_size=_det_size(params), conf=ev.det_conf, iou=ev.det_iou, device=_cuda_index(device),
               batch_size=ev.batch_size)
@@ -372,11 +372,11 @@ def run_lesions(params: Params, model: str, root: Path | None = None) -> dict[st
         if rows.empty:
             continue
         ids = list(rows["id"])
-        before = count_detections(detector, [ds / p for p in rows["image"]], **kw)
+        before = detection.count_detections(detector, [ds / p for p in rows["image"]], **kw)
         entry: dict[str, Any] = {"n": len(ids), "domain": "+".join(sorted(rows["domain"].unique())),
                                  "counts": {"original": before.tolist()}, "ids": ids}
         if translations:
-            after = {str(s): count_detections(detector, t.paths(eval_set, ids, "a2b"), **kw)
+            after = {str(s): detection.count_detections(detector, t.paths(eval_set, ids, "a2b"), **kw)
                      for s, t in translations.items()}
             entry["counts"]["translated"] = {s: a.tolist() for s, a in after.items()}
             entry["wilcoxon"] = {s: wilcoxon_paired(before, a) for s, a in after.items()}
@@ -459,7 +459,8 @@ def run_classifiers(params: Params, root: Path | None = None) -> dict[str, Any]:
     tests = _classifier_test_sets(params, layout)
     real_tests = {name: _test_inputs(parts, None, "image") for name, parts in tests.items()}
     settings = {"classifiers": list(ev.classifiers), "iterations": ev.cls_iterations, "batch_size": ev.cls_batch_size,
-                "lr": ev.cls_lr, "crop_scale": ev.cls_crop_scale, "seed": ev.seed, "ards_negatives": ev.ards_negatives, "max_images": ev.max_images,
+                "lr": ev.cls_lr, "crop_scale": ev.cls_crop_scale, "seed": ev.seed, "ards_negatives": ev.ards_negatives,
+                "max_images": ev.max_images,
                 "test_sets": {name: {"n": int(len(y)), "n_positive": int(y.sum())}
                               for name, (_, y) in real_tests.items()}}
     labels = (train["domain"] == "opacity").to_numpy().astype(int)
@@ -573,8 +574,6 @@ def _paired_intervals(per_seed: dict[str, Any], ev) -> tuple[dict[str, Any], dic
 
 def _per_finding(opa, per_seed: dict[str, Any], ev) -> dict[str, Any]:
     """Residual-opacity ratio (after / before, inside the true opacity) per finding label, over images and seeds."""
-    from pipeline.data.canonical import LABEL_COLUMNS, NIH14
-
     ratio = np.stack([_arr(r["per_image"]["residual_opacity_ratio"]) for r in per_seed.values()])
     psnr_gain = np.stack([_arr(r["per_image"]["psnr_after"]) for r in per_seed.values()])
     before = _arr(next(iter(per_seed.values()))["per_image"]["psnr_before"])
@@ -649,15 +648,10 @@ def competence(value: Any, floor: float, what: str) -> dict[str, Any]:
 
 def run_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
     """Train the evaluator on the held-out split of data/drr; per-label AUROC on its test split (competence)."""
-    from eval import evaluator as evmod
-    from pipeline.data.canonical import NIH14, label_matrix, read_manifest
-    from pipeline.prior import per_label_auroc
-    from pipeline.layout import TRAIN_DATASET
-
     layout, device = _setup(params, root)
     ev = params.eval
     ds = layout.dataset(TRAIN_DATASET)
-    df = read_manifest(ds)
+    df = canonical.read_manifest(ds)
     train, test = df[df["split"] == ev.evaluator_split], df[df["split"] == "test"]
     if train["domain"].nunique() < 2:
         raise EvalError(f"{ds / 'manifest.csv'}: the evaluator's training split {ev.evaluator_split!r} needs opacity "
@@ -693,13 +687,6 @@ def run_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
 def run_references(params: Params, root: Path | None = None, names: list[str] | None = None) -> dict[str, Any]:
     """Write outputs/<reference>/seed0 for `names` (default: every eval.references entry), in the translate format;
     metrics/translate/<reference>.json says how many images and which sets had no truth (oracle)."""
-    import shutil
-
-    import pandas as pd
-    from PIL import Image
-
-    from eval.references import blur_sigma_at, gaussian_blur
-
     layout, _ = _setup(params, root)
     ev = params.eval
     summary: dict[str, Any] = {"stage": "references", "references": {}}

@@ -6,25 +6,26 @@ set CXRBENCH_DEBUG=1 for the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import time
 from pathlib import Path
 
 import pipeline  # noqa: F401  (offline switches first)
+from pipeline.config import load_params, write_profile
 from pipeline.errors import CxrbenchError, suggest
 from pipeline.offline import PROJECT_ROOT, ROOT_SOURCE
 
 
 def _params(args):
-    from pipeline.config import load_params
-
     return load_params(getattr(args, "params", None))
 
 
 # --- stage commands -----------------------------------------------------------------------------------------------
+# Each command imports its module when it runs: torch, the methods and the evaluators take ~5 s to import, which
+# `cxrbench --help`, `profile` and `check` should not pay.
 def cmd_profile(args) -> None:
-    from pipeline.config import write_profile
-
     path = write_profile(args.name, args.params)
     print(f"wrote profile {args.name!r} to {path}")
 
@@ -46,19 +47,19 @@ def cmd_models(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from pipeline.data.stage import run_data_stage
+    from pipeline.app.data import run_data_stage
 
     run_data_stage(_params(args), PROJECT_ROOT / "data")
 
 
 def cmd_prior(args) -> None:
-    from pipeline.prior import run_prior_stage
+    from pipeline.app.prior import run_prior_stage
 
     run_prior_stage(_params(args), PROJECT_ROOT / "data", PROJECT_ROOT / "models" / "prior")
 
 
 def cmd_train(args) -> None:
-    from pipeline.stages.train import run_train
+    from pipeline.app.train import run_train
 
     params = _params(args)
     _known_model(params, args.model)
@@ -66,7 +67,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_translate_sets(args) -> None:
-    from pipeline.stages.translate import run_translate
+    from pipeline.app.translate import run_translate
 
     params = _params(args)
     _known_model(params, args.model)
@@ -74,7 +75,7 @@ def cmd_translate_sets(args) -> None:
 
 
 def cmd_translate(args) -> None:
-    from pipeline.stages.user_translate import translate_files
+    from pipeline.app.user_translate import translate_files
 
     params = _params(args)
     _known_model(params, args.model)
@@ -85,7 +86,7 @@ PER_MODEL_EVALUATORS = ("fidkid", "segment", "lesions", "paired")
 
 
 def cmd_eval(args) -> None:
-    import eval.stages as stages
+    import pipeline.app.evaluate as stages
 
     params = _params(args)
     if args.stage_name in PER_MODEL_EVALUATORS + ("evaluate",):
@@ -101,20 +102,20 @@ def cmd_eval(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from reports.build import build_reports
+    from pipeline.app.report import build_reports
 
     build_reports(_params(args))
 
 
 def cmd_publish(args) -> None:
-    from reports.publish import publish
+    from pipeline.app.publish import publish
 
     publish(PROJECT_ROOT, args.name, Path(args.log) if args.log else None, args.run_command,
             args.wall_seconds, _params(args))
 
 
 def cmd_new_baseline(args) -> None:
-    from pipeline.scaffold import new_baseline
+    from pipeline.app.scaffold import new_baseline
 
     new_baseline(args.name, add_to_params=not args.no_params)
 
@@ -132,7 +133,7 @@ def cmd_ui(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from pipeline.bench import run_bench
+    from pipeline.app.bench import run_bench
 
     run_bench(args)
 
@@ -212,21 +213,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_stage(command: str) -> bool:
+    """The subcommands a DVC stage runs: their help text starts with "stage:"."""
+    for action in build_parser()._subparsers._group_actions:  # argparse keeps the subcommands' help here
+        for choice in getattr(action, "_choices_actions", []):
+            if choice.dest == command:
+                return choice.help.startswith("stage:")
+    return False
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a failure of the machine rather than of the input: what, which file, and what to do."""
+    if exc.errno is None:  # raised by our own code with its message
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        return f"{where}: no space left on the device; free space and rerun (finished stages and checkpoints are kept)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}: cannot write here ({exc.strerror}); check the folder's permissions, or work in a copy of "
+                "the checkout you own")
+    if exc.errno == errno.ENOENT:
+        return f"{where}: not found; check the path, or rerun the stage that writes it (`dvc repro`)"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return f"{where}: {exc.strerror}; name another path"
+    return f"{where}: {exc.strerror or exc}; check the file and the disk, then rerun"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start = time.perf_counter()
     try:
         if ROOT_SOURCE == "package" and args.fn is not cmd_models:
             raise CxrbenchError(f"{Path.cwd()} is not inside a cxrbench checkout (no dvc.yaml and pipeline/profiles/ "
                                 "here or above): cd into your checkout, or set CXRBENCH_ROOT to it")
         args.fn(args)
-    except (CxrbenchError, FileNotFoundError) as exc:
+    except (CxrbenchError, OSError) as exc:
         if os.environ.get("CXRBENCH_DEBUG"):
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # whole: it may end in a quote
+        if isinstance(exc, CxrbenchError):
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # whole: it may end in a quote
+        else:
+            msg = os_error_line(exc)
         print(f"cxrbench: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    if _is_stage(args.command):  # one closing line per stage, so a log shows where the time went
+        what = f"{args.command} {getattr(args, 'model', None) or getattr(args, 'name', None) or ''}".strip()
+        print(f"cxrbench {what}: done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 

@@ -1,0 +1,40 @@
+"""The one AUROC of the project (rank statistic, ties count one half; no sklearn): the prior's and the evaluator's
+per-label competence, the classifiers' competence, the mask AUROC of ours' diagnostics and of the paired metrics.
+
+    auroc(scores, labels)            Mann-Whitney U / (n_pos n_neg), None when one class is missing
+    per_label_auroc(probs, labels)   {NIH-14 label: AUROC or "n/a"}
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.data.canonical import NIH14
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties get the mean of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve = Mann-Whitney U / (n_pos n_neg); None when only one class is present."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    u = average_ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def per_label_auroc(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | str]:
+    """{label: AUROC or "n/a" (only one class among the test images: no number is invented)}."""
+    out: dict[str, float | str] = {}
+    for i, name in enumerate(NIH14):
+        value = auroc(probs[:, i], labels[:, i])
+        out[name] = "n/a" if value is None else round(value, 6)
+    return out
