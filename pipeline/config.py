@@ -13,6 +13,7 @@ stages that read it. Defaults follow the paper (or the official baseline code); 
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,8 +277,6 @@ def _timm_has(arch: str) -> bool:
 
 def _detector_cfg_known(cfg: str) -> bool:
     """A yaml file that exists, or a model yaml that ultralytics ships (yolov5n.yaml is yolov5.yaml at scale n)."""
-    import importlib.util
-
     if Path(cfg).expanduser().is_file():
         return True
     spec = importlib.util.find_spec("ultralytics")  # locate the package without importing it (~3 s)

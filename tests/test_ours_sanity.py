@@ -37,5 +37,7 @@ def test_mask_finds_the_blob_with_the_working_recipe():
 def test_the_check_fails_when_the_mask_head_is_disconnected():
     model = sanity.build(sanity.WORKING, seed=0)
     sanity.disconnect_mask_head(model)
-    m = sanity.train(model, STEPS, seed=0)[-1]
+    # a head that does not see the input gives the same mask on every pixel: AUROC exactly 0.5 at any length, so a
+    # quarter of the budget shows it (and saves ~45 s of the suite)
+    m = sanity.train(model, STEPS // 4, seed=0)[-1]
     assert m["auroc"] == 0.5 and not sanity.passes(m), m

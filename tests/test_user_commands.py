@@ -162,3 +162,13 @@ def test_every_stage_command_ends_with_one_line_saying_its_wall_time(tmp_path, m
     assert out[0] == "report body" and out[-1].startswith("cxrbench report: done in ") and out[-1].endswith(" s")
     assert cli.main(["--params", str(params), "check"]) == 0  # not a stage: no timing line
     assert "done in" not in capsys.readouterr().out
+
+
+def test_stage_commands_are_the_subcommands_dvc_runs():
+    import re
+
+    from pipeline.app.cli import STAGE_COMMANDS
+    from pipeline.offline import PROJECT_ROOT
+
+    used = set(re.findall(r"cmd: cxrbench ([\w-]+)", (PROJECT_ROOT / "dvc.yaml").read_text()))
+    assert used and used <= set(STAGE_COMMANDS)

@@ -213,13 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_stage(command: str) -> bool:
-    """The subcommands a DVC stage runs: their help text starts with "stage:"."""
-    for action in build_parser()._subparsers._group_actions:  # argparse keeps the subcommands' help here
-        for choice in getattr(action, "_choices_actions", []):
-            if choice.dest == command:
-                return choice.help.startswith("stage:")
-    return False
+# The subcommands that DVC stages run (dvc.yaml `cmd:`): each ends with one line saying its wall time.
+STAGE_COMMANDS = ("data", "prior", "train", "translate-sets", "segmenters", "detector", "classifiers", "fidref",
+                  "evaluator", "references", "fidkid", "segment", "lesions", "paired", "evaluate", "report")
 
 
 def os_error_line(exc: OSError) -> str:
@@ -258,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    if _is_stage(args.command):  # one closing line per stage, so a log shows where the time went
+    if args.command in STAGE_COMMANDS:  # one closing line per stage, so a log shows where the time went
         what = f"{args.command} {getattr(args, 'model', None) or getattr(args, 'name', None) or ''}".strip()
         print(f"cxrbench {what}: done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
