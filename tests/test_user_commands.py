@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,17 @@ def test_stage_commands_are_the_subcommands_dvc_runs():
 
     used = set(re.findall(r"cmd: cxrbench ([\w-]+)", (PROJECT_ROOT / "dvc.yaml").read_text()))
     assert used and used <= set(STAGE_COMMANDS)
+
+
+def test_version_and_bench_help_explain_themselves(capsys):
+    from pipeline.app.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and re.fullmatch(r"cxrbench \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--models", "--size", "--batch", "--steps", "--device", "--precision", "--out"):
+        help_line = out[out.index(option):].split("\n  -", 1)[0]
+        assert len(help_line.split()) > 3, (option, help_line)  # each option says what it does

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import os
 import sys
 import time
@@ -144,9 +145,17 @@ def _known_model(params, model: str) -> None:
                             f"{', '.join(params.models)}")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cxrbench")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cxrbench", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
+    p.add_argument("--version", action="version", version=f"cxrbench {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("profile", help="write a profile's values into params.yaml")
@@ -201,14 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to bind (default: %(default)s, loopback only; 0.0.0.0 exposes the UI to the network)")
     s.add_argument("--port", type=int, default=5000)
     s.set_defaults(fn=cmd_ui)
-    s = sub.add_parser("bench", help="speed/memory benchmarks into reports/bench/")
+    s = sub.add_parser("bench", help="speed/memory benchmarks into reports/bench/",
+                       description="Training iterations/s, FLOPs per step, peak memory (and MFU on a GPU) of every "
+                                   "translator, and the evaluation models' images/s; writes "
+                                   "reports/bench/bench-<device>-<size>px.json and .md.")
     s.add_argument("--models", default="", help="comma-separated methods (default: all registered)")
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--batch", type=int, default=0, help="0 = each method's own batch size")
-    s.add_argument("--steps", type=int, default=5)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="auto")
-    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"))
+    s.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
+    s.add_argument("--batch", type=int, default=0, help="images per domain per step; 0 = each method's own")
+    s.add_argument("--steps", type=int, default=5, help="timed training steps per translator, after 2 warm-up steps")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when present)")
+    s.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (auto: bf16 autocast on a GPU)")
+    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
     s.set_defaults(fn=cmd_bench)
     return p
 
