@@ -9,6 +9,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 UI_PORT ?= 5000
+# two pytest workers, one thread each (tests/conftest.py): the suite's wall time on 2 cores; 0 runs it in one process
+TEST_WORKERS ?= 2
 DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 BIN := $(abspath $(VENV))/bin
@@ -43,7 +45,7 @@ publish-cpu-rank: install
 	  --wall-seconds $$((end - start))
 
 test: install browser
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # The results page (reports/index.html) is tested in a real browser: Debian's chromium, installed here when it is
 # missing and we may (root with apt-get); otherwise the browser test says how to install it.

@@ -18,6 +18,7 @@ from pipeline.errors import CxrbenchError
 from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout
 
 ORIGINAL = "original"  # the model name of the untranslated rows
+EXTERNAL_FILE = "external.json"  # in outputs/<name>/seed0/ of a row imported by `cxrbench evaluate --images`
 
 
 class EvalError(CxrbenchError):
@@ -63,6 +64,16 @@ def scored_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def available_sets(layout: Layout) -> list[str]:
     return [name for name, (dataset, _) in EVAL_SETS.items() if (layout.dataset(dataset) / "manifest.csv").exists()]
+
+
+def is_external(layout: Layout, model: str) -> bool:
+    """Whether outputs/<model>/ holds translations made elsewhere (`cxrbench evaluate --images DIR --name model`)."""
+    return (layout.outputs(model, 0) / EXTERNAL_FILE).is_file()
+
+
+def external_models(layout: Layout) -> list[str]:
+    """The rows imported by `cxrbench evaluate --images`, by name."""
+    return sorted(p.parent.parent.name for p in (layout.root / "outputs").glob(f"*/seed0/{EXTERNAL_FILE}"))
 
 
 def train_rows(layout: Layout, split: str = "train", max_images: int = 0) -> tuple[Path, pd.DataFrame]:

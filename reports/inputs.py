@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from eval.sets import external_models
 from pipeline.config import Params
 from pipeline.errors import CxrbenchError
+from pipeline.layout import Layout
 
 ORIGINAL = "original"  # the untranslated rows (eval.sets.ORIGINAL)
 # Profiles whose numbers rank nothing (too few images and iterations): their report says so in its first line.
@@ -48,6 +50,7 @@ class Inputs:
         self.params, self.root = params, Path(root)
         self.profile = params.profile
         self._cache: dict[tuple[str, str], dict | None] = {}
+        self._externals: list[str] | None = None
 
     # --- files -----------------------------------------------------------------------------------------------------
     def path(self, stage: str, name: str) -> Path:
@@ -93,8 +96,15 @@ class Inputs:
         """The floor/ceiling rows of this profile (identity, blur, oracle)."""
         return list(self.params.eval.references)
 
+    @property
+    def externals(self) -> list[str]:
+        """Rows scored from folders of translations made elsewhere (`cxrbench evaluate --images DIR --name N`)."""
+        if self._externals is None:
+            self._externals = external_models(Layout(self.root))
+        return self._externals
+
     def in_profile(self, model: str) -> bool:
-        return model == ORIGINAL or model in self.params.models or model in self.references
+        return model == ORIGINAL or model in self.params.models or model in self.references or model in self.externals
 
     def is_smoke(self) -> bool:
         return self.profile in SMOKE_PROFILES

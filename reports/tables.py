@@ -274,6 +274,7 @@ def table1_models(inp: Inputs) -> list[tuple[str, str]]:
     rows += list(paper.TABLE1_ROWS[1:])
     known = {m for _, m in rows} | set(ABLATIONS)
     rows += [(inp.description(m), m) for m in inp.models if m not in known]
+    rows += [(f"{m} (external)", m) for m in inp.externals if m not in known]  # cxrbench evaluate --images
     return rows
 
 
@@ -380,8 +381,8 @@ def table1(inp: Inputs) -> Table:
         g, gs = seg_cells(inp, model)
         seeds = "-"
         if model != ORIGINAL and inp.in_profile(model):
-            seeds = (_seeds_of(inp.read("fidkid", model), inp.read("segment", model)) if model not in inp.references
-                     else "deterministic")
+            seeds = ("deterministic" if model in inp.references else "external" if model in inp.externals
+                     else _seeds_of(inp.read("fidkid", model), inp.read("segment", model)))
         row = {"row": display, "model": model, **f, **g, "_text": {**f["_text"], **g["_text"]}, "seeds": seeds,
                "status": _join([fs, gs])}
         rows.append(row)

@@ -7,17 +7,9 @@ import torch
 
 from ours import sanity
 
-STEPS = 800  # measured: the mask finds the blob after 600-800 steps (ours/README.md, "What we found")
-
-
-@pytest.fixture(autouse=True)
-def two_threads():
-    """The thresholds were measured with 2 threads; the suite's own setting is restored afterwards (other tests
-    compare runs bit for bit and depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+# measured on one thread (the suite's setting, tests/conftest.py): the mask finds the blob after 600-800 steps;
+# at 800, seed 0 / 1: mask AUROC 0.943 / 0.939, about 68 s each (ours/README.md, "What we found")
+STEPS = 800
 
 
 def test_blob_set_is_what_the_task_says():

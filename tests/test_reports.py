@@ -718,3 +718,56 @@ def test_index_html_renders_in_headless_chromium(project, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape[1] >= 1000 and pixels.std() > 10  # text and tables drawn, not a blank page
     assert (pixels < 128).mean() > 0.01
+
+
+def test_evaluate_images_scores_a_folder_made_elsewhere_exactly_like_the_same_images_made_here(project, tmp_path):
+    """`cxrbench evaluate --images DIR --name NAME`: Identity's images written out as a plain folder (DIR/<set>/<id>.png,
+    as another repository would) and scored from there give Identity's numbers exactly, and NAME is a row of the
+    tables and the page. A folder with a file missing and one too many is refused in one line naming both."""
+    from pipeline.app import evaluate as stages
+    from pipeline.app import external
+    from reports import tables
+    from reports.inputs import Inputs
+
+    root = tmp_path / "ext"
+    shutil.copytree(project[0], root)
+    params = make_params(references=("identity",))
+    stages.run_references(params, root=root, names=["identity"])
+    elsewhere = tmp_path / "elsewhere"
+    for set_dir in sorted(p for p in (root / "outputs" / "identity" / "seed0").iterdir() if p.is_dir()):
+        shutil.copytree(set_dir / "a2b", elsewhere / set_dir.name)
+    evaluators = ("fidkid", "segment", "lesions", "paired")
+    with pytest.MonkeyPatch.context() as mp:
+        fake_networks(mp, root)
+        for stage in evaluators:
+            getattr(stages, f"run_{stage}")(params, "identity", root=root)
+        summary = external.evaluate_folder(params, "elsewhere", elsewhere, root=root)
+    assert summary["images"] == sum(len(list(p.glob("*.png"))) for p in elsewhere.iterdir()) > 0
+    assert summary["resized"] == 0 and summary["converted_to_grey"] == 0
+
+    def same(name: str, stage: str) -> str:  # the metric file with its row name taken out
+        text = json.dumps(metric(root, stage, name), sort_keys=True)
+        return text.replace(f'"{name}"', '"ROW"').replace(f"/{name}/", "/ROW/")
+
+    for stage in evaluators:
+        assert same("elsewhere", stage) == same("identity", stage), stage
+    rows = {r["model"]: r for r in read_csv_all(tables.table1(Inputs(params, root)), root)}
+    ident, ext = rows["identity"], rows["elsewhere"]
+    assert ext["row"] == "elsewhere (external)" and ext["seeds"] == "external" and ext["status"] == "ok"
+    assert {k: v for k, v in ext.items() if k not in ("row", "model", "seeds")} == \
+        {k: v for k, v in ident.items() if k not in ("row", "model", "seeds")}
+    assert "elsewhere (external)" in (root / "reports" / "index.html").read_text()
+
+    some_set = sorted(p for p in elsewhere.iterdir())[0]
+    victim = sorted(some_set.glob("*.png"))[0]
+    victim.rename(some_set / "not-an-id.png")
+    with pytest.raises(Exception) as err:
+        external.import_folder(params, "elsewhere", elsewhere, layout=stages.Layout(root))
+    msg = str(err.value)
+    assert "\n" not in msg and f"1 translation(s) missing ({some_set.name}/{victim.name})" in msg
+    assert f"1 unexpected file(s) ({some_set.name}/not-an-id.png)" in msg
+    assert (root / "outputs" / "elsewhere" / "seed0" / "index.csv").is_file()  # the earlier import is untouched
+    for name, why in (("identity", "a model or reference row"), ("ours", "a model or reference row"),
+                      ("original", "starting with a letter")):
+        with pytest.raises(Exception, match=why):
+            external.import_folder(params, name, elsewhere, layout=stages.Layout(root))

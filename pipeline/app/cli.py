@@ -90,8 +90,18 @@ def cmd_eval(args) -> None:
     import pipeline.app.evaluate as stages
 
     params = _params(args)
+    if args.stage_name == "evaluate" and args.images:
+        from pipeline.app.external import evaluate_folder  # start-up time: torch and the evaluators
+
+        if not args.name:
+            raise CxrbenchError("cxrbench evaluate --images needs --name NAME: the row name in every table")
+        evaluate_folder(params, args.name, Path(args.images), Path(args.masks) if args.masks else None)
+        return
+    if args.stage_name == "evaluate" and (args.name or args.masks):
+        raise CxrbenchError("cxrbench evaluate: --name and --masks go with --images DIR (a folder of translations)")
     if args.stage_name in PER_MODEL_EVALUATORS + ("evaluate",):
-        if args.model != "original" and args.model not in params.eval.references:
+        if args.model != "original" and args.model not in params.eval.references \
+                and not stages.is_external(stages.Layout(), args.model):  # an imported folder, scored again
             _known_model(params, args.model)
         names = PER_MODEL_EVALUATORS if args.stage_name == "evaluate" else (args.stage_name,)
         for name in names:  # one process for the four evaluators of a model: CPU start-up costs ~5 s each
@@ -185,7 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
                            ("evaluate", "all four per-model evaluators above")):
         s = sub.add_parser(name, help=f"stage: {helptext} of one model (or 'original', or a reference row: "
                                       "identity, blur, oracle)")
-        s.add_argument("--model", required=True)
+        if name != "evaluate":
+            s.add_argument("--model", required=True)
+        else:  # a model of this project, or a folder of translations made elsewhere
+            one = s.add_mutually_exclusive_group(required=True)
+            one.add_argument("--model", help="a model of params.yaml, 'original', or a reference row")
+            one.add_argument("--images", metavar="DIR",
+                             help="score translations made elsewhere: DIR/<set>/<id>.png for every image of the "
+                                  "evaluation sets (rsna_like, ards_like, jsrt_like); needs --name")
+            s.add_argument("--name", default="", help="the row name of --images in every table")
+            s.add_argument("--masks", metavar="DIR", default=None,
+                           help="with --images: the method's activation masks, same layout (optional)")
         s.set_defaults(fn=cmd_eval, stage_name=name)
     sub.add_parser("report", help="stage: write reports/ (tables, figures)").set_defaults(fn=cmd_report)
     s = sub.add_parser("publish", help="copy this run's report into reports/published/NAME with its provenance")

@@ -35,8 +35,8 @@ from eval import paired as paired_mod
 from eval import segmentation as seg
 from eval import detection
 from eval.references import REFERENCE_SEED, REFERENCES, blur_sigma_at, gaussian_blur
-from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, load_mask, load_original,
-                       pick_device, read_pngs, scored_rows, train_rows)
+from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, is_external, load_mask,
+                       load_original, pick_device, read_pngs, scored_rows, train_rows)
 from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
 from pipeline import tracking
 from pipeline.config import Params
@@ -61,7 +61,7 @@ def _setup(params: Params, root: Path | None) -> tuple[Layout, torch.device]:
 def _translations(layout: Layout, params: Params, model: str) -> dict[int, Translations]:
     if model == ORIGINAL:
         return {}
-    if model in REFERENCES:  # deterministic, no training: one "seed"
+    if model in REFERENCES or is_external(layout, model):  # no training here: one "seed"
         return {REFERENCE_SEED: Translations(layout, model, REFERENCE_SEED)}
     return {seed: Translations(layout, model, seed) for seed in params.seeds}
 
