@@ -136,6 +136,10 @@ class Ours(Translator):
     def __init__(self, cfg: OursConfig, in_channels: int = 1, image_size: int = 256):
         super().__init__(cfg, in_channels, image_size)
         cfg.validate("ours")
+        factor = 2 ** cfg.gen_n_downsample
+        if image_size % factor:  # the decoder's upsampling must land on the input size for the blend of Eq. 1
+            raise ValueError(f"ours: image size {image_size} must be divisible by {factor} (gen_n_downsample "
+                             f"{cfg.gen_n_downsample} stride-2 convolutions); change data.resolution")
         gen = dict(in_channels=in_channels, dim=cfg.gen_dim, n_downsample=cfg.gen_n_downsample, n_res=cfg.gen_n_res,
                    style_dim=cfg.style_dim, mlp_dim=cfg.mlp_dim, adain=cfg.generator == "adain")
         dis = dict(dim=cfg.dis_dim, n_layer=cfg.dis_n_layer, num_scales=cfg.dis_num_scales)

@@ -1,14 +1,20 @@
 """Where every stage reads and writes (one layout), and building or loading a translator from params.yaml."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline import registry
 from pipeline.config import Params
-from pipeline.engine import safe_load
+from pipeline.contract import Probe
+from pipeline.data.canonical import load_images, load_masks, read_manifest
+from pipeline.engine import safe_load, to_model_range
 from pipeline.errors import CxrbenchError
 from pipeline.offline import PROJECT_ROOT
 
@@ -38,6 +44,10 @@ class Layout:
 
     def curve(self, model: str, seed: int) -> Path:
         return self.root / "curves" / model / f"seed{seed}.csv"
+
+    def loss_terms(self, model: str) -> Path:
+        """Every seed's loss terms of one model in long format (step, seed, term, value): the DVC loss plot."""
+        return self.root / "curves" / "losses" / f"{model}.csv"
 
     def outputs(self, model: str, seed: int) -> Path:
         return self.root / "outputs" / model / f"seed{seed}"
@@ -72,12 +82,64 @@ def set_threads(params: Params) -> None:
         torch.set_num_threads(params.train.threads)
 
 
+PROBE_IMAGES = 32  # per domain: enough for a stable mean mask AUROC, cheap enough to run at every log step
+
+
+def load_probe(root: Path, size: int, n: int = PROBE_IMAGES) -> Probe | None:
+    """The fixed validation batch of the training diagnostics: the first n validation images of each domain (by
+    id), opacity images with their true opacity masks when the dataset has them (the DRR benchmark does), resized
+    to the training resolution. None when the dataset has no validation split."""
+    ds = Layout(root).dataset(TRAIN_DATASET)
+    df = read_manifest(ds)
+    val = df[df["split"] == "val"].sort_values("id")
+    a_rows, b_rows = val[val["domain"] == "opacity"].iloc[:n], val[val["domain"] == "normal"].iloc[:n]
+    if a_rows.empty or b_rows.empty:
+        return None
+
+    def tensor(images: np.ndarray) -> torch.Tensor:
+        x = to_model_range(torch.from_numpy(images)[:, None])
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    opacity = None
+    if (a_rows["opacity_mask"] != "").all():
+        m = torch.from_numpy(load_masks(ds, a_rows, "opacity_mask"))[:, None].float()
+        opacity = F.interpolate(m, size=(size, size), mode="nearest") > 0.5
+    return Probe(tensor(load_images(ds, a_rows)), opacity, tensor(load_images(ds, b_rows)))
+
+
+def check_buildable(params: Params, source: str = "params.yaml") -> None:
+    """Every model of params.yaml is built and translates one image at data.resolution on the meta device (shapes
+    only: no memory, no weights, ~0.2 s a model), so a size a network cannot take is refused by `cxrbench check` in
+    one line, not by a traceback hours into a stage."""
+    res = params.data.resolution
+    for model in params.models:
+        entry = params.models[model]
+        cfg = params.method_config(model)
+        if hasattr(cfg, "prior_weights"):  # ours' prior is the prior stage's output: not there before it runs
+            cfg = dataclasses.replace(cfg, prior_weights="")
+        where = f"{source}: models.{model} (method {entry.method}) at data.resolution {res}"
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                translator = registry.get(entry.method)(cfg, in_channels=1, image_size=res).eval()
+                x = torch.zeros(1, 1, res, res)
+                shapes = {tuple(translator.translate(x).image.shape), tuple(translator.translate_b2a(x).image.shape)}
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise CxrbenchError(f"{where}: {str(exc).splitlines()[0]}") from None
+        if shapes != {(1, 1, res, res)}:
+            raise CxrbenchError(f"{where}: translates a {res} x {res} image into {sorted(shapes)[0][-2:]}; change "
+                                "data.resolution")
+
+
 def build_translator(params: Params, model: str):
     """A fresh translator of `model` (method config with the model's overrides) at the data resolution."""
     entry = params.models[model]
     cls = registry.get(entry.method)
     cfg = params.method_config(model)
-    return cls(cfg, in_channels=1, image_size=params.data.resolution)
+    try:
+        return cls(cfg, in_channels=1, image_size=params.data.resolution)
+    except ValueError as exc:  # a size or setting the network cannot take: one line, not a traceback
+        raise CxrbenchError(f"params.yaml models.{model}: {str(exc).splitlines()[0]}") from None
 
 
 def load_trained(params: Params, model: str, seed: int, weights: Path | None = None, device: str = "cpu"):

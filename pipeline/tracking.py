@@ -1,5 +1,11 @@
 """MLflow tracking: one run per stage execution, tagged stage/model/seed/profile/git commit.
 
+Runs are grouped per pipeline execution: every stage run is a child (tag mlflow.parentRunId) of one parent run
+"pipeline-<profile>-<key>" per (git commit, params.yaml content), found or created by the first stage that logs,
+so all stages of one `dvc repro` sit under one row of the MLflow UI. A stage rerun under the same parent (same
+stage, model and seed) supersedes the earlier run: the earlier one is renamed "... (superseded)" and tagged
+cxrbench.superseded_by, so the current run is the one without that tag. Every stage run logs its wall time (wall_s).
+
 MLflow is the browsing and comparison view; the DVC metric files are the source of truth. So a tracking failure
 (server down, "database is locked", a broken store) warns once and never fails a stage. Telemetry is off
 (pipeline.offline). Default store: sqlite:///<project>/mlflow.db; `MLFLOW_TRACKING_URI` or params.tracking.uri win.
@@ -8,6 +14,7 @@ Artifacts go to <project>/mlartifacts (never ./mlruns, which makes `mlflow ui` r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -127,6 +134,7 @@ def stage_run(stage: str, *, model: str = "", seed: int | None = None, profile: 
     """Open one MLflow run for a stage execution; yields a StageRun (a no-op one when tracking is off or broken)."""
     run = StageRun(None, None)
     status = "FINISHED"
+    start = time.perf_counter()
     if enabled:
         try:
             run = _start(stage, model, seed, profile, experiment, tracking_uri(uri), extra_tags or {})
@@ -143,6 +151,7 @@ def stage_run(stage: str, *, model: str = "", seed: int | None = None, profile: 
         raise
     finally:
         if run.active:
+            run.log_metrics({"wall_s": time.perf_counter() - start})
             run._guard("run end", run.client.set_terminated, run.run_id, status)
 
 
@@ -167,9 +176,46 @@ def _start(stage: str, model: str, seed: int | None, profile: str, experiment: s
     else:
         exp_id = exp.experiment_id
     commit, dirty = git_state()
+    key = execution_key(commit)
+    parent = _parent_run(client, exp_id, key, profile, commit)
     tags = {"stage": stage, "model": model, "seed": "" if seed is None else str(seed), "profile": profile,
             "git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit,
+            "mlflow.parentRunId": parent, "cxrbench.execution": key,
             **{k: str(v) for k, v in extra_tags.items()}}
     name = "-".join(x for x in (stage, model, f"s{seed}" if seed is not None else "") if x)
     created = _retry(client.create_run, exp_id, run_name=name, tags=tags)
+    _supersede(client, exp_id, created.info.run_id, parent, tags)
     return StageRun(created.info.run_id, client)
+
+
+def execution_key(commit: str, root: Path = PROJECT_ROOT) -> str:
+    """One pipeline execution = one (git commit, params.yaml content): 12 hex digits."""
+    h = hashlib.sha256(commit.encode())
+    params = root / "params.yaml"
+    h.update(params.read_bytes() if params.is_file() else b"")
+    return h.hexdigest()[:12]
+
+
+def _parent_run(client: Any, exp_id: str, key: str, profile: str, commit: str) -> str:
+    """The parent run of this execution, created by the first stage that logs under it."""
+    found = _retry(client.search_runs, [exp_id], f"tags.`cxrbench.execution` = '{key}' and tags.stage = 'pipeline'",
+                   max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {"stage": "pipeline", "profile": profile, "git_commit": commit, "cxrbench.execution": key,
+            "mlflow.source.git.commit": commit}
+    run = _retry(client.create_run, exp_id, run_name=f"pipeline-{profile or 'run'}-{key[:7]}", tags=tags)
+    _retry(client.set_terminated, run.info.run_id, "FINISHED")  # a grouping row: its children carry the results
+    return run.info.run_id
+
+
+def _supersede(client: Any, exp_id: str, new_id: str, parent: str, tags: dict[str, str]) -> None:
+    """Mark the earlier runs of the same stage, model and seed under the same parent as superseded by `new_id`."""
+    query = (f"tags.`mlflow.parentRunId` = '{parent}' and tags.stage = '{tags['stage']}' "
+             f"and tags.model = '{tags['model']}'")
+    for old in _retry(client.search_runs, [exp_id], query, max_results=1000):
+        t = old.data.tags
+        if old.info.run_id == new_id or t.get("seed", "") != tags["seed"] or "cxrbench.superseded_by" in t:
+            continue
+        _retry(client.set_tag, old.info.run_id, "cxrbench.superseded_by", new_id)
+        _retry(client.update_run, old.info.run_id, name=f"{old.info.run_name} (superseded)")

@@ -185,7 +185,11 @@ def test_params_rsna_source_without_its_folder(project, capsys):
     (lambda d: d["eval"].__setitem__("classifiers", ["resnet50", "resnet5O"]), ("eval.classifiers", "'resnet5O'")),
     (lambda d: d["eval"].__setitem__("detector_cfg", "yolov55.yaml"), ("eval.detector_cfg", "'yolov55.yaml'")),
     (lambda d: d["methods"]["cyclegan"].__setitem__("batch_size", 1000), ("methods.cyclegan.batch_size", "1000")),
-], ids=["no-models", "classifier-typo", "detector-yaml-typo", "batch-larger-than-data"])
+    (lambda d: d["data"].__setitem__("resolution", 66), ("models.ours", "data.resolution 66", "divisible by 4")),
+    (lambda d: (d["data"].__setitem__("resolution", 66), d.__setitem__("models", {"drit": {"method": "drit", "package": "baselines/drit"}})),
+     ("models.drit", "data.resolution 66", "divisible by 4")),
+], ids=["no-models", "classifier-typo", "detector-yaml-typo", "batch-larger-than-data", "size-ours-cannot-take",
+        "size-drit-would-return-68px"])
 def test_settings_that_would_fail_or_crawl_later_are_refused_by_check(project, capsys, edit, culprits):
     check_fails(project, capsys, edit, *culprits)
 

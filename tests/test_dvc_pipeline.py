@@ -71,7 +71,11 @@ def test_plots_show_writes_one_offline_page_with_the_curves_and_the_headline(ci_
     _run(["dvc", "plots", "show", "-o", str(dest / "dvc_plots")], dest, env)
     page = (dest / "dvc_plots" / "index.html").read_text(encoding="utf8")
     assert "cdn.jsdelivr" not in page and "<script src=" not in page and "vegaEmbed(" in page
-    assert "curves/ours" in page
+    assert "curves/ours" in page  # the mask diagnostics of ours
+    # one loss plot per model, every term a line (not the last column of the curve, the learning rate)
+    assert "curves/losses/cyclegan.csv" in page and re.search(r'\\?"field\\?":\s*\\?"term', page)
+    terms = {r["term"] for r in csv.DictReader(open(dest / "curves" / "losses" / "cyclegan.csv"))}
+    assert {"g_ab", "g_ba", "cycle_a", "cycle_b", "d_a", "d_b"} <= terms and not any(t.startswith("lr") for t in terms)
     rows = list(csv.DictReader(open(dest / "metrics" / "headline_plot.csv")))
     assert all(float(r["fid"]) >= 0 for r in rows)  # only competent headline FIDs (ci's evaluator may have none)
     assert "Headline FID per Table 1 row" in page or not rows

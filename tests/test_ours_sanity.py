@@ -2,9 +2,6 @@
 between the domains, and the check must fail when the mask head no longer sees the input."""
 from __future__ import annotations
 
-import pytest
-import torch
-
 from ours import sanity
 
 # measured on one thread (the suite's setting, tests/conftest.py): the mask finds the blob after 600-800 steps;

@@ -590,6 +590,7 @@ def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
     """`make ui` runs `cxrbench ui`: start it on the report's store and read the summary runs back through REST."""
     import json
     import os
+    import select
     import signal
     import socket
     import subprocess
@@ -599,22 +600,31 @@ def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
 
     from conftest import cli_env
 
+    from reports.inputs import Inputs
+    from reports.mlflow_summary import log_summary_runs
+
     root, _, client = ci_project
+    # the report's store, copied, then the summary logged a second time with the same inputs (a rerun)
+    db = tmp_path / "copy.db"
+    shutil.copy2(client.tracking_uri.removeprefix("sqlite:///"), db)
+    uri = f"sqlite:///{db}"
+    log_summary_runs(Inputs(make_params(models=CI_MODELS, profile="ci", tracking=True, uri=uri), root))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = cli_env({"MLFLOW_TRACKING_URI": client.tracking_uri, "CXRBENCH_ROOT": str(tmp_path)})
+    env = cli_env({"MLFLOW_TRACKING_URI": uri, "CXRBENCH_ROOT": str(tmp_path)})
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "ui", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, "cxrbench ui exited"
-                time.sleep(0.5)
+        # `cxrbench ui` says "ready" only when the server answers: the first request right after it must succeed
+        lines, deadline = [], time.monotonic() + 180
+        while not any("MLflow UI ready" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, ("cxrbench ui never said ready", lines)
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                lines.append(proc.stdout.readline())
+        assert "starting" in lines[0] and url in lines[-1], lines
+        assert urllib.request.urlopen(f"{url}/health", timeout=5).status == 200
         exp = json.loads(urllib.request.urlopen(
             f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cxrbench", timeout=10).read())
         body = json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]],
@@ -622,10 +632,26 @@ def test_ui_serves_the_summary_runs_over_rest_on_loopback(ci_project, tmp_path):
         req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
                                      headers={"Content-Type": "application/json"})
         runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
-        models = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "model") for r in runs}
-        assert models == set(CI_MODELS) | {"original"}
-        ours = [r for r in runs if {"key": "model", "value": "ours"} in r["data"]["tags"]][0]
-        assert {"fid_cxr_densenet", "rsna_like_miou"} <= {m["key"] for m in ours["data"]["metrics"]}
+        tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
+        keys = sorted((t["model"], t["seed"]) for t in tags)
+        expected = sorted([("original", "")] + [(m, str(s)) for m in CI_MODELS for s in SEEDS])
+        assert keys == sorted(expected * 2)  # the rerun logged a second set ...
+        current = [(r, t) for r, t in zip(runs, tags) if "cxrbench.superseded_by" not in t]
+        assert sorted((t["model"], t["seed"]) for _, t in current) == expected  # ... and superseded the first
+        superseded = [(r, t) for r, t in zip(runs, tags) if "cxrbench.superseded_by" in t]
+        assert all(r["info"]["run_name"].endswith("(superseded)") for r, _ in superseded)
+        assert {t["cxrbench.superseded_by"] for _, t in superseded} == {r["info"]["run_id"] for r, _ in current}
+        # every run is a child of the one pipeline run of this execution, which REST returns as such
+        parents = {t["mlflow.parentRunId"] for t in tags}
+        assert len(parents) == 1
+        parent = json.loads(urllib.request.urlopen(f"{url}/api/2.0/mlflow/runs/get?run_id={parents.pop()}",
+                                                   timeout=10).read())["run"]
+        ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+        assert ptags["stage"] == "pipeline" and parent["info"]["run_name"].startswith("pipeline-ci-")
+        ours, ours_tags = [(r, t) for r, t in current if t["model"] == "ours" and t["seed"] == "1"][0]
+        assert {"fid_cxr_densenet", "rsna_like_miou", "wall_s"} <= {m["key"] for m in ours["data"]["metrics"]}
+        p = {x["key"]: x["value"] for x in ours["data"]["params"]}
+        assert p["profile"] == "ci" and p["method"] == "ours" and p["cfg.lambda_bam"] == "0.1"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)

@@ -127,7 +127,51 @@ def test_local_sqlite_store_records_tags(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    (r,) = client.search_runs([client.get_experiment_by_name("cxrbench").experiment_id])
+    (r,) = client.search_runs([client.get_experiment_by_name("cxrbench").experiment_id], "tags.stage = 'report'")
     assert r.data.tags["stage"] == "report" and r.data.tags["seed"] == "1"
     assert r.data.params == {"a.b": "2"}
-    assert r.data.metrics == {"fid": 12.5, "nested.kid": 0.1}
+    wall = r.data.metrics.pop("wall_s")
+    assert r.data.metrics == {"fid": 12.5, "nested.kid": 0.1} and 0 <= wall < 60
+
+
+def test_stage_runs_are_children_of_one_pipeline_run_and_a_rerun_supersedes(tmp_path, monkeypatch):
+    """Stages without a run of their own (here `cxrbench segmenters`) get one from the CLI, with their params
+    section, summary numbers and wall time; every run of one (commit, params.yaml) is a child of one "pipeline"
+    run; running a stage again marks the earlier run superseded instead of leaving two current ones."""
+    import pipeline.app.cli as cli
+    from mlflow.tracking import MlflowClient
+
+    params = write_profile("ci", tmp_path / "params.yaml")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setattr(cli, "PROJECT_ROOT", tmp_path)  # where the stage's summary file is read
+
+    def fake_stage(args):  # what run_segmenters writes, without training anything
+        out = tmp_path / "models" / "segmenters"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "segmenters.json").write_text(json.dumps({"n_train": 3, "val": {"unet": {"miou": 0.9}}}))
+
+    monkeypatch.setattr(cli, "cmd_eval", fake_stage)
+    for _ in range(2):
+        assert cli.main(["--params", str(params), "segmenters"]) == 0
+    with tracking.stage_run("train", model="cyclegan", seed=0, profile="ci"):
+        pass
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("cxrbench").experiment_id
+    (parent,) = client.search_runs([exp], "tags.stage = 'pipeline'")
+    assert parent.info.run_name == f"pipeline-ci-{parent.data.tags['cxrbench.execution'][:7]}"
+    runs = client.search_runs([exp], "tags.stage != 'pipeline'", order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["stage"] for r in runs] == ["segmenters", "segmenters", "train"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    first, second, _ = runs
+    assert first.data.tags["cxrbench.superseded_by"] == second.info.run_id
+    assert first.info.run_name == "segmenters (superseded)" and "cxrbench.superseded_by" not in second.data.tags
+    assert second.data.metrics["n_train"] == 3 and second.data.metrics["val.unet.miou"] == 0.9
+    assert "wall_s" in second.data.metrics and second.data.params["eval.seg_iterations"] == \
+        str(load_params(params).eval.seg_iterations)
+    assert [a.path for a in client.list_artifacts(second.info.run_id)] == ["segmenters.json"]
+    # another params.yaml is another execution: another parent
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "params.yaml").write_text("seeds: [5]\n")
+    assert tracking.execution_key("abc", other) != tracking.execution_key("abc", tmp_path)
+    assert tracking.execution_key("abc", other) == tracking.execution_key("abc", other)

@@ -149,6 +149,10 @@ class DRIT(Translator):
     def __init__(self, cfg: DRITConfig, in_channels: int = 1, image_size: int = 256):
         super().__init__(cfg, in_channels, image_size)
         c = cfg
+        if image_size % 4:  # E_c halves twice (rounding up) and G doubles twice: 66 px would come back as 68 px
+            raise ValueError(f"drit: image size {image_size} must be divisible by 4 (two stride-2 convolutions in the "
+                             "content encoder, two transposed ones in the generator); set data.resolution to a "
+                             "multiple of 4")
         content = -(-image_size // 4)  # ceil(H / 4): two 3x3 s2 p1 convs in E_c
         if content_dis_out_size(content, c.content_dis_down) < 1:
             fits = max((n for n in range(c.content_dis_down) if content_dis_out_size(content, n) >= 1), default=None)

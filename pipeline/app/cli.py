@@ -6,15 +6,18 @@ set CXRBENCH_DEBUG=1 for the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib.metadata
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import pipeline  # noqa: F401  (offline switches first)
-from pipeline.config import load_params, write_profile
+from pipeline import tracking
+from pipeline.config import load_params, to_plain, write_profile
 from pipeline.errors import CxrbenchError, suggest
 from pipeline.offline import PROJECT_ROOT, ROOT_SOURCE
 
@@ -33,8 +36,10 @@ def cmd_profile(args) -> None:
 
 def cmd_check(args) -> None:
     from pipeline import registry
+    from pipeline.layout import check_buildable  # start-up time: torch and every method
 
     params = _params(args)
+    check_buildable(params, getattr(args, "params", None) or "params.yaml")
     print(f"params.yaml OK: profile {params.profile}, {len(params.models)} models, seeds {params.seeds}; "
           f"registered methods: {', '.join(registry.names())}")
 
@@ -132,15 +137,38 @@ def cmd_new_baseline(args) -> None:
 
 
 def cmd_ui(args) -> None:
-    from pipeline.tracking import tracking_uri
+    """`mlflow server` on loopback; says "ready" only once it answers (it takes seconds after printing its URL)."""
+    import signal
+    import subprocess
+    import urllib.request
 
-    uri = tracking_uri()
+    uri = tracking.tracking_uri()
     # `mlflow server` with one worker on loopback: `mlflow ui` refuses to start when ./mlruns exists (measured with mlflow 3.17)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
             "--port", str(args.port), "--workers", "1",
             "--default-artifact-root", (PROJECT_ROOT / "mlartifacts").as_uri()]
-    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {uri})", flush=True)
-    os.execv(sys.executable, argv)
+    url = f"http://{args.host}:{args.port}"
+    probe = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/health"
+    print(f"MLflow UI starting on {url} (store: {uri}) ...", flush=True)
+    proc = subprocess.Popen(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server below is stopped with us
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(probe, timeout=2)
+                print(f"MLflow UI ready: open {url} (Ctrl-C stops it)", flush=True)
+                break
+            except OSError:
+                time.sleep(0.5)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise CxrbenchError(f"mlflow server exited with status {proc.returncode} (its messages are above); is port "
+                            f"{args.port} taken? try `cxrbench ui --port {args.port + 1}`")
 
 
 def cmd_bench(args) -> None:
@@ -248,6 +276,32 @@ def build_parser() -> argparse.ArgumentParser:
 # The subcommands that DVC stages run (dvc.yaml `cmd:`): each ends with one line saying its wall time.
 STAGE_COMMANDS = ("data", "prior", "train", "translate-sets", "segmenters", "detector", "classifiers", "fidref",
                   "evaluator", "references", "fidkid", "segment", "lesions", "paired", "evaluate", "report")
+# Stages that log no MLflow run of their own: the CLI opens one around them, with their section of params.yaml, their
+# wall time, and the numbers of the summary file they write (also attached as an artifact).
+LOGGED_HERE = {"data": ("data", "data/summary.json"), "prior": ("prior", "models/prior/prior.json"),
+               "segmenters": ("eval", "models/segmenters/segmenters.json"),
+               "detector": ("eval", "models/detector/detector.json"),
+               "evaluator": ("eval", "models/evaluator/evaluator.json"), "fidref": ("eval", "cache/fid/index.json"),
+               "references": ("eval", "")}
+
+
+def _run_logged(args) -> None:
+    """args.fn inside an MLflow stage run (LOGGED_HERE); a tracking failure only warns (pipeline.tracking)."""
+    params = _params(args)
+    section, summary = LOGGED_HERE[args.command]
+    tr = params.tracking
+    with tracking.stage_run(args.command, model=getattr(args, "name", "") or "", profile=params.profile,
+                            enabled=tr.enabled, experiment=tr.experiment, uri=tr.uri,
+                            params={section: to_plain(getattr(params, section))}) as run:
+        args.fn(args)
+        names = [args.name] if getattr(args, "name", "") else list(params.eval.references)
+        files = [PROJECT_ROOT / summary] if summary else [PROJECT_ROOT / "metrics" / "translate" / f"{n}.json"
+                                                          for n in names]
+        for path in files:
+            if path.is_file():
+                with contextlib.suppress(ValueError, OSError):
+                    run.log_metrics(json.loads(path.read_text()))
+                run.log_artifact(path)
 
 
 def os_error_line(exc: OSError) -> str:
@@ -274,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         if ROOT_SOURCE == "package" and args.fn is not cmd_models:
             raise CxrbenchError(f"{Path.cwd()} is not inside a cxrbench checkout (no dvc.yaml and pipeline/profiles/ "
                                 "here or above): cd into your checkout, or set CXRBENCH_ROOT to it")
-        args.fn(args)
+        if args.command in LOGGED_HERE:
+            _run_logged(args)
+        else:
+            args.fn(args)
     except (CxrbenchError, OSError) as exc:
         if os.environ.get("CXRBENCH_DEBUG"):
             raise

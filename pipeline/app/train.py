@@ -9,17 +9,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+import pandas as pd
 
 from pipeline import distributed, registry, tracking
 from pipeline.config import Params, to_plain
-from pipeline.contract import Probe
-from pipeline.data.canonical import load_images, load_masks, read_manifest
-from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything, to_model_range
-from pipeline.io import write_json
-from pipeline.layout import TRAIN_DATASET, Layout, build_translator, file_hash, set_threads, source_hash
+from pipeline.data.canonical import load_images, read_manifest
+from pipeline.engine import Engine, EngineSettings, export_weights, seed_everything
+from pipeline.io import atomic_write, write_json
+from pipeline.layout import (TRAIN_DATASET, Layout, build_translator, file_hash, load_probe, set_threads,
+                             source_hash)
 from pipeline.schema import result_values
 
 
@@ -37,29 +35,6 @@ def load_training_images(root: Path):
     return a, b, file_hash(ds / "manifest.csv")
 
 
-PROBE_IMAGES = 32  # per domain: enough for a stable mean mask AUROC, cheap enough to run at every log step
-
-
-def load_probe(root: Path, size: int, n: int = PROBE_IMAGES) -> Probe | None:
-    """The fixed validation batch of the training diagnostics: the first n validation images of each domain (by
-    id), opacity images with their true opacity masks when the dataset has them (the DRR benchmark does), resized
-    to the training resolution. None when the dataset has no validation split."""
-    ds = Layout(root).dataset(TRAIN_DATASET)
-    df = read_manifest(ds)
-    val = df[df["split"] == "val"].sort_values("id")
-    a_rows, b_rows = val[val["domain"] == "opacity"].iloc[:n], val[val["domain"] == "normal"].iloc[:n]
-    if a_rows.empty or b_rows.empty:
-        return None
-
-    def tensor(images: np.ndarray) -> torch.Tensor:
-        x = to_model_range(torch.from_numpy(images)[:, None])
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-    opacity = None
-    if (a_rows["opacity_mask"] != "").all():
-        m = torch.from_numpy(load_masks(ds, a_rows, "opacity_mask"))[:, None].float()
-        opacity = F.interpolate(m, size=(size, size), mode="nearest") > 0.5
-    return Probe(tensor(load_images(ds, a_rows)), opacity, tensor(load_images(ds, b_rows)))
 
 
 def pretrain(translator, params: Params, ckpt_dir: Path, seed: int, fp: dict, run, images_a, images_b,
@@ -121,5 +96,24 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
             run.log_artifact(layout.curve(model, seed))
         summary["seeds"][str(seed)] = result
     if main:
+        write_loss_terms(layout, model, list(summary["seeds"]))
         write_json(layout.metrics("train", model), summary)
     return summary
+
+
+NOT_LOSSES = ("step", "it_per_s", "lr_", "diag_", "mask_area_")  # column prefixes of the curves that are no loss
+
+
+def write_loss_terms(layout: Layout, model: str, seeds: list[str]) -> None:
+    """curves/losses/<model>.csv from the per-seed curves: one row per (step, seed, loss term), so DVC draws every
+    term of every method (its stage plots take one y column; the wide curves would show the learning rate)."""
+    frames = []
+    for seed in seeds:
+        path = layout.curve(model, int(seed))
+        if path.is_file():
+            wide = pd.read_csv(path)
+            terms = [c for c in wide.columns if not c.startswith(NOT_LOSSES)]
+            long = wide.melt(id_vars="step", value_vars=terms, var_name="term", value_name="value").dropna()
+            frames.append(long.assign(seed=int(seed))[["step", "seed", "term", "value"]])
+    table = pd.concat(frames) if frames else pd.DataFrame(columns=["step", "seed", "term", "value"])
+    atomic_write(layout.loss_terms(model), table.sort_values(["seed", "term", "step"]).to_csv(index=False))
