@@ -231,7 +231,7 @@ def test_train_stage_under_torchrun(tmp_path):
     assert summary["world_size"] == 2 and summary["seeds"]["0"]["steps"] == 4
     assert (dest / "models" / "cyclegan" / "seed0.pt").exists()
     with sqlite3.connect(dest / "mlflow.db") as db:
-        runs = db.execute("SELECT run_uuid FROM runs").fetchall()
+        runs = db.execute("SELECT run_uuid FROM tags WHERE key = 'stage' AND value = 'train'").fetchall()
         tag = db.execute("SELECT value FROM tags WHERE key = 'world_size'").fetchall()
     assert len(runs) == 1 and tag == [("2",)]
     # the same command in one process finds the finished checkpoint and has nothing left to train

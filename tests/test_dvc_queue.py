@@ -15,14 +15,11 @@ import time
 import pytest
 import yaml
 
-from conftest import cli_env, copy_project
+from conftest import TINY_DATA, cli_env, copy_project
 
 pytestmark = pytest.mark.slow
 
 LRS = {"lr-1e-4": 0.0001, "lr-3e-4": 0.0003}
-# ci-profile sizes of the DRR benchmark are not yet tiny; for this test only the training stage matters
-TINY_DATA = {"train_opacity": 6, "train_normal": 6, "val_opacity": 0, "val_normal": 0, "test_opacity": 2,
-             "test_normal": 2, "ards": 1, "jsrt": 1, "depth_samples": 32, "sheet_resolution": 64}
 
 
 def _run(args, cwd, env, timeout=600, stdout_only=False):
