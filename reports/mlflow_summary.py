@@ -105,7 +105,9 @@ def log_summary_runs(inp: Inputs) -> list[dict[str, Any]]:
     """One summary run per (model, seed) with metrics, plus the original row; returns what was logged."""
     tr = inp.params.tracking
     logged = []
-    targets: list[tuple[str, int | None]] = [(ORIGINAL, None)] + [(m, s) for m in inp.models for s in inp.seeds()]
+    # Original, the floor/ceiling rows and imported folders (one deterministic "seed" 0), then every model and seed
+    targets: list[tuple[str, int | None]] = [(ORIGINAL, None)] + [(r, 0) for r in inp.references + inp.externals]
+    targets += [(m, s) for m in inp.models for s in inp.seeds()]
     for model, seed in targets:
         metrics = summary_metrics(inp, model, seed)
         if not metrics:

@@ -797,3 +797,32 @@ def test_evaluate_images_scores_a_folder_made_elsewhere_exactly_like_the_same_im
                       ("original", "starting with a letter")):
         with pytest.raises(Exception, match=why):
             external.import_folder(params, name, elsewhere, layout=stages.Layout(root))
+
+
+def test_mlflow_summary_has_the_floor_rows_beside_the_methods(project, tmp_path):
+    """The compare page shows Identity (the do-nothing floor) next to the methods, with the same metric names."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.app import evaluate as stages
+    from reports.inputs import Inputs
+    from reports.mlflow_summary import log_summary_runs
+
+    root = tmp_path / "floor"
+    shutil.copytree(project[0], root)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    params = make_params(references=("identity",), tracking=True, uri=uri)
+    stages.run_references(params, root=root, names=["identity"])
+    with pytest.MonkeyPatch.context() as mp:
+        fake_networks(mp, root)
+        for stage in ("fidkid", "segment", "paired"):
+            getattr(stages, f"run_{stage}")(make_params(references=("identity",)), "identity", root=root)
+    logged = log_summary_runs(Inputs(params, root))
+    assert logged[:2] == [{"model": "original", "seed": None, "n_metrics": logged[0]["n_metrics"]},
+                          {"model": "identity", "seed": 0, "n_metrics": logged[1]["n_metrics"]}]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cxrbench").experiment_id], "tags.model = 'identity'")
+    (run,) = runs
+    ours = [r for r in client.search_runs([client.get_experiment_by_name("cxrbench").experiment_id],
+                                          "tags.model = 'ours'")][0]
+    assert run.data.params["method"] == "identity" and "rsna_like_miou" in run.data.metrics
+    assert set(run.data.metrics) - {"wall_s"} <= set(ours.data.metrics)  # the same names: they line up

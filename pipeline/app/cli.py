@@ -11,8 +11,11 @@ import errno
 import importlib.metadata
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pipeline  # noqa: F401  (offline switches first)
@@ -138,10 +141,6 @@ def cmd_new_baseline(args) -> None:
 
 def cmd_ui(args) -> None:
     """`mlflow server` on loopback; says "ready" only once it answers (it takes seconds after printing its URL)."""
-    import signal
-    import subprocess
-    import urllib.request
-
     uri = tracking.tracking_uri()
     # `mlflow server` with one worker on loopback: `mlflow ui` refuses to start when ./mlruns exists (measured with mlflow 3.17)
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
