@@ -1,6 +1,7 @@
 """Where every stage reads and writes (one layout), and building or loading a translator from params.yaml."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import warnings
@@ -56,8 +57,24 @@ class Layout:
         return self.root / "metrics" / stage / f"{name}.json"
 
 
+def code_of(source: str) -> str:
+    """The code of a Python source without its comments, docstrings and layout (its AST, docstrings dropped): what
+    can change a result. A file that does not parse is taken as it is."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
+
+
 def source_hash(*paths: Path) -> str:
-    """Hash of the Python sources under `paths`: a checkpoint of changed code is never resumed."""
+    """Hash of the code under `paths` (code_of: a comment or docstring is not a new model): a checkpoint of changed
+    code is never resumed."""
     h = hashlib.sha256()
     for base in paths:
         files = [base] if base.is_file() else sorted(base.rglob("*.py"))
@@ -65,7 +82,7 @@ def source_hash(*paths: Path) -> str:
             if "__pycache__" in f.parts:
                 continue
             h.update(str(f.relative_to(base.parent)).encode())
-            h.update(f.read_bytes())
+            h.update(code_of(f.read_text(encoding="utf-8", errors="replace")).encode())
     return h.hexdigest()[:16]
 
 

@@ -226,3 +226,21 @@ def test_train_compile_runs_and_matches_eager(tmp_path):
         assert comp_loss[k] == pytest.approx(eager_loss[k], rel=1e-4, abs=1e-5), k
     for k in eager_w:
         assert torch.allclose(eager_w[k].float(), comp_w[k].float(), rtol=1e-4, atol=1e-5), k
+
+
+def test_a_comment_or_docstring_is_not_new_code_but_a_changed_constant_is(tmp_path):
+    """The training fingerprint hashes the code (its AST without docstrings): a comment added to the engine by a
+    `git pull` keeps every checkpoint; a changed number in the code starts a new model."""
+    from pipeline.layout import code_of, source_hash
+
+    base = 'def f(x):\n    """Add one."""\n    return x + 1  # the offset\n'
+    assert code_of(base) == code_of('def f(x):\n    # reworded\n    return (x +\n            1)\n')
+    assert code_of(base) != code_of('def f(x):\n    """Add one."""\n    return x + 2\n')
+    pkg = tmp_path / "method"
+    pkg.mkdir()
+    (pkg / "model.py").write_text(base)
+    before = source_hash(pkg)
+    (pkg / "model.py").write_text("# a new header comment\n" + base.replace('"""Add one."""', '"""Add 1."""'))
+    assert source_hash(pkg) == before
+    (pkg / "model.py").write_text(base.replace("x + 1", "x + 1.5"))
+    assert source_hash(pkg) != before

@@ -113,7 +113,10 @@ def cmd_eval(args) -> None:
             _known_model(params, args.model)
         names = PER_MODEL_EVALUATORS if args.stage_name == "evaluate" else (args.stage_name,)
         for name in names:  # one process for the four evaluators of a model: CPU start-up costs ~5 s each
+            t0 = time.perf_counter()
             getattr(stages, f"run_{name}")(params, args.model)
+            if len(names) > 1:  # a minute or more on real data: say where it is
+                print(f"  {name} {args.model}: {time.perf_counter() - t0:.1f} s", flush=True)
     elif args.stage_name == "references":
         stages.run_references(params, names=[args.name] if args.name else None)
     else:
