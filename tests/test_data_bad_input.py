@@ -115,6 +115,12 @@ def test_unknown_label_column_and_unknown_class(tmp_path):
         convert(params(folder_dir=str(src)), "folder", tmp_path / "data" / "drr")
     assert "did you mean 'Pneumonia'" in assert_one_line(exc, "labels.csv")
 
+    df.rename(columns={"Pnemonia": "Pneumonia", "label_Effusion": "label_Efusion"}).to_csv(src / "labels.csv",
+                                                                                           index=False)
+    with pytest.raises(DataError) as exc:  # the label_ prefix says it is meant as a label
+        convert(params(folder_dir=str(src)), "folder", tmp_path / "data" / "drr")
+    assert "did you mean 'Effusion'" in assert_one_line(exc, "labels.csv") and "label_Efusion" in str(exc.value)
+
     rsna = write_rsna(tmp_path / "rsna")
     classes = pd.read_csv(rsna / "stage_2_detailed_class_info.csv")
     classes.loc[0, "class"] = "Lung Opacityy"
@@ -123,6 +129,21 @@ def test_unknown_label_column_and_unknown_class(tmp_path):
         convert(params(rsna_dir=str(rsna)), "rsna", tmp_path / "data" / "drr")
     assert "Lung Opacityy" in assert_one_line(exc, "stage_2_detailed_class_info.csv")
     assert_no_dataset(tmp_path / "data" / "drr")
+
+
+def test_folder_labels_csv_may_carry_other_columns(tmp_path, capsys):
+    """Real label files have patient age, sex, view...: those columns are named and left out, the labels kept."""
+    src = write_folder(tmp_path / "plain")
+    df = pd.read_csv(src / "labels.csv")
+    df.insert(1, "PatientAge", 60)
+    df["sex"] = "F"
+    df.to_csv(src / "labels.csv", index=False)
+    target = tmp_path / "data" / "drr"
+    convert(params(folder_dir=str(src)), "folder", target)
+    assert "column(s) PatientAge, sex are not NIH-14 labels: not used" in capsys.readouterr().out
+    manifest = read_manifest(target)
+    assert len(manifest) == len(df) and "PatientAge" not in manifest.columns
+    assert manifest.loc[manifest["domain"] == "opacity", "label_Pneumonia"].astype(int).eq(1).all()
 
 
 def test_unknown_chexpert_value(tmp_path):

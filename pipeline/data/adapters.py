@@ -526,20 +526,27 @@ def folder_items(p: DataParams) -> list[SourceImage]:
     key = "image" if "image" in df.columns else "id" if "id" in df.columns else None
     if key is None:
         raise DataError(f"{labels_csv}: missing column 'image' (the file name in images/, or 'id' = its stem)")
-    label_names = {}
+    label_names, ignored = {}, []
     for column in df.columns:
         if column in FOLDER_COLUMNS:
             continue
-        name = column[len("label_"):] if column.startswith("label_") else column
+        prefixed = column.startswith("label_")
+        name = column[len("label_"):] if prefixed else column
         if name not in NIH14:
-            raise DataError(f"{labels_csv}: unknown label column {column!r}{suggest(name, NIH14)}; labels are "
-                            "NIH-14 names: "
-                            f"{', '.join(NIH14)}")
+            hint = suggest(name, NIH14)
+            if not (prefixed or hint):  # real CSVs carry age, sex, view, ...: not labels, kept out
+                ignored.append(column)
+                continue
+            # meant as a label (label_ prefix, or a near-miss of a label name): a typo must not drop it silently
+            raise DataError(f"{labels_csv}: unknown label column {column!r}{hint}; labels are NIH-14 names "
+                            f"(or label_<name>): {', '.join(NIH14)}")
         bad = df.loc[~df[column].isin(["0", "1", ""]), column]
         if len(bad):
             raise DataError(f"{labels_csv}: row {bad.index[0] + 2}: {column} must be 0 or 1, got {bad.iloc[0]!r}; "
                             "fix the cell")
         label_names[column] = name
+    if ignored:
+        print(f"data: {labels_csv.name}: column(s) {', '.join(ignored)} are not NIH-14 labels: not used", flush=True)
     bad = df.loc[~df["domain"].isin(["opacity", "normal"]), "domain"]
     if len(bad):
         raise DataError(f"{labels_csv}: row {bad.index[0] + 2}: unknown domain {bad.iloc[0]!r}; use opacity or normal")

@@ -59,7 +59,8 @@ class DataParams:
     mimic_ards_studies: str = param("", doc="CSV with a study_id (or dicom_id) column: the ARDS evaluation images "
                                             "(written as data/ards-like); empty = render the DRR ards-like set")
     mimic_ards_masks: str = param("", doc="folder of lung masks <dicom_id>.png for the ARDS images")
-    jsrt_dir: str = param("", doc="JSRT folder of *.IMG (2048x2048 12-bit big-endian) + jsrt_labels.csv optional")
+    jsrt_dir: str = param("", doc="JSRT folder of *.IMG (2048x2048 12-bit big-endian); all are opacity-free "
+                                         "(normal domain), JPCLN* labelled Nodule from the file name")
     scr_dir: str = param("", doc="SCR masks folder (masks/left lung/*.gif, masks/right lung/*.gif)")
     jsrt_as_eval: bool = param(True, doc="when jsrt_dir is set, write JSRT (normals) as data/jsrt-like instead of "
                                          "the rendered one")
