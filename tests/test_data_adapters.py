@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data.canonical import load_images, load_masks, read_boxes, read_manifest
+from pipeline.data.canonical import DataError, load_images, load_masks, read_boxes, read_manifest
 from pipeline.data.params import DataParams
 
 RES = 32
@@ -238,6 +238,12 @@ def test_mimic_views_policies_split_and_ards(tmp_path):
     assert list(df["id"]) == ["mimic-d4"] and df["split"].tolist() == ["test"] and df["domain"].tolist() == ["opacity"]
     lung = load_masks(ards, df, "lung_mask")[0]
     assert 0.4 < lung.mean() < 0.7
+    # a listed study that has no image here is not dropped without a word
+    pd.DataFrame({"study_id": ["s50000003", "s59999999"]}).to_csv(tmp_path / "ards.csv", index=False)
+    with pytest.raises(DataError, match=r"ards.csv: 1 listed study/image id\(s\) without a usable image \(s59999999\)"):
+        write_mimic_ards(params(mimic_dir=str(src), mimic_ards_studies=str(tmp_path / "ards.csv"),
+                                mimic_ards_masks=str(tmp_path / "ards_masks")), ards)
+    assert list(read_manifest(ards)["id"]) == ["mimic-d4"]  # the earlier set is untouched
 
 
 def test_jsrt_raw_big_endian_and_scr_masks(tmp_path):

@@ -385,7 +385,9 @@ def _chexpert_value(text: str, p: DataParams) -> int | None:
 
 
 def mimic_items(p: DataParams, studies: set[str] | None = None, dicoms: set[str] | None = None,
-                masks: Path | None = None) -> list[SourceImage]:
+                masks: Path | None = None, matched: set[str] | None = None) -> list[SourceImage]:
+    """MIMIC-CXR-JPG images: every PA/AP image with a domain, or (studies / dicoms) the listed ones; `matched`
+    collects the study and dicom ids of the images returned."""
     root, meta, chex, split, _ = _mimic_tables(p)
     chex_of = {(r["subject_id"], r["study_id"]): r for _, r in chex.iterrows()}
     split_of = dict(zip(split["dicom_id"], split["split"]))
@@ -426,6 +428,8 @@ def mimic_items(p: DataParams, studies: set[str] | None = None, dicoms: set[str]
                                 "data.mimic_ards_masks, or remove the study from the ARDS list)")
             item.lung, item.lung_file = (lambda mp=mask_path: read_mask(mp)), str(mask_path)
         items.append(item)
+        if matched is not None:
+            matched.update((r["study_id"], r["dicom_id"]))
     return items
 
 
@@ -444,7 +448,14 @@ def write_mimic_ards(p: DataParams, target: Path) -> dict:
     if masks is None:
         raise DataError("params.yaml: data.mimic_ards_masks: must name the folder of ARDS lung masks "
                         "(<dicom_id>.png): the ards-like set needs lung masks")
-    items = mimic_items(p, studies=studies, dicoms=dicoms, masks=masks)
+    matched: set[str] = set()
+    items = mimic_items(p, studies=studies, dicoms=dicoms, masks=masks, matched=matched)
+    lost = sorted(f"s{s}" for s in (studies or set()) - matched) + sorted((dicoms or set()) - matched)
+    if lost:  # an ARDS set is what its list says: a silently shorter one would change every ARDS number
+        raise DataError(f"{list_path}: {len(lost)} listed study/image id(s) without a usable image "
+                        f"({', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}): not in the metadata, no CheXpert "
+                        "row, labels dropped by data.mimic_uncertain/mimic_blank, or the JPG is missing; complete the "
+                        "download or remove them from the list")
     return write_images(target, items, p, eval_only=True, what=str(list_path))
 
 
