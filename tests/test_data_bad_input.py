@@ -97,6 +97,17 @@ def test_mask_size_mismatch(tmp_path):
     assert_no_dataset(target)
 
 
+@pytest.mark.parametrize("fill, words", [(0, "covers 0.0%"), (255, "covers 100.0%")], ids=["all-black", "all-white"])
+def test_empty_or_full_lung_mask_is_refused(tmp_path, fill, words):
+    src = write_folder(tmp_path / "plain")
+    Image.fromarray(np.full((64, 64), fill, np.uint8), "L").save(src / "masks" / "img001.png")
+    target = tmp_path / "data" / "drr"
+    with pytest.raises(DataError) as exc:
+        convert(params(folder_dir=str(src)), "folder", target)
+    assert words in assert_one_line(exc, "img001.png")
+    assert_no_dataset(target)
+
+
 def test_missing_csv_column(tmp_path):
     src = write_rsna(tmp_path / "rsna")
     df = pd.read_csv(src / "stage_2_train_labels.csv").drop(columns=["Target"])

@@ -172,6 +172,18 @@ def _check_aspect(mask: np.ndarray, image_shape, mask_file: str, image_id: str) 
                         "be the image's size (or an exact downscale of it): fix or remove the mask")
 
 
+LUNG_AREA = (0.02, 0.95)  # fraction of the image: a chest radiograph's lungs cover roughly 15-60 %
+
+
+def _check_lung_area(mask: np.ndarray, mask_file: str, image_id: str) -> None:
+    """An empty, all-white or speck lung mask (a wrong file, an inverted export) would score every segmenter
+    against nothing: refused, naming the file."""
+    area = float((np.asarray(mask) >= 0.5).mean())
+    if not LUNG_AREA[0] <= area <= LUNG_AREA[1]:
+        raise DataError(f"{mask_file}: lung mask of {image_id} covers {area:.1%} of the image (lungs cover roughly "
+                        "15-60 %): empty, inverted or of another image? fix or remove the mask")
+
+
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: not found (see the expected layout in pipeline/data/README.md)")
@@ -261,6 +273,7 @@ def write_images(target: Path, items: list[SourceImage], p: DataParams, eval_onl
             if it.lung is not None:
                 lung = it.lung()
                 _check_aspect(lung, image.shape, it.lung_file, it.id)
+                _check_lung_area(lung, it.lung_file, it.id)
                 row["lung_mask"] = writer.png("lung_masks", f"{it.id}.png", resize_square(lung, res) >= 0.5)
             opacity = None
             if it.opacity is not None:
