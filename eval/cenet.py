@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet34
 
 
 class DACBlock(nn.Module):
@@ -88,6 +87,8 @@ class CENet(nn.Module):
 
     def __init__(self, in_channels: int = 1, classes: int = 1):
         super().__init__()
+        from torchvision.models import resnet34  # lazy: ~2 s to import
+
         backbone = resnet34(weights=None)  # offline: no ImageNet weights
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), backbone.bn1,
                                   backbone.relu, backbone.maxpool)  # /4

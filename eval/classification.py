@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +42,8 @@ DISPLAY = {"resnet50": "ResNet-50", "mobilenetv3_large_100": "MobileNet", "effic
 
 def build_classifier(arch: str) -> nn.Module:
     try:
+        import timm  # lazy: with torchvision ~4 s to import; most stages never build one
+
         return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=2)  # offline: never pretrained
     except RuntimeError as exc:
         raise EvalError(f"params.yaml eval.classifiers: unknown timm architecture {arch!r} ({exc})") from None

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +47,8 @@ class EvaluatorNet(nn.Module):
     def __init__(self, arch: str = "resnet18", input_size: int = 128, num_outputs: int = len(OUTPUTS)):
         super().__init__()
         self.arch, self.input_size, self.num_outputs = arch, int(input_size), int(num_outputs)
+        import timm  # lazy: with torchvision ~4 s to import; most stages never build one
+
         self.net = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=num_outputs)
 
     def config(self) -> dict[str, Any]:

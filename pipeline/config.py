@@ -13,7 +13,9 @@ stages that read it. Defaults follow the paper (or the official baseline code); 
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,9 @@ from pipeline.prior_params import PriorParams
 from pipeline.schema import ConfigError, build_dataclass, deep_merge, param, to_plain  # noqa: F401
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-PROFILES = ("cpu", "cpu-rank", "ci", "gpu-quick", "paper")
+PROFILES = ("cpu", "cpu-rank", "ci", "gpu-quick", "paper", "paper-real")
 # Profiles that train every method at another profile's widths (<method dir>/profiles.yaml lists only the others).
-METHOD_PROFILE = {"cpu-rank": "cpu"}
+METHOD_PROFILE = {"cpu-rank": "cpu", "paper-real": "paper"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,9 +272,26 @@ def write_profile(name: str, path: str | Path | None = None) -> Path:
 
 
 def _timm_has(arch: str) -> bool:
-    import timm  # lazy: only validation needs it here (config stays importable without torch)
+    """Whether timm knows `arch`. Importing timm takes ~4 s on 2 cores and every stage validates params.yaml, so
+    its model list is kept in cache/timm-<version>.json (rebuilt when the installed timm version changes)."""
+    try:
+        version = importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    path = PROJECT_ROOT / "cache" / f"timm-{version}.json"
+    try:
+        names = set(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        import timm  # lazy: config stays importable without torch
 
-    return bool(timm.is_model(arch))
+        names = set(timm.list_models())
+        from pipeline.io import atomic_write
+
+        try:
+            atomic_write(path, json.dumps(sorted(names)))
+        except OSError:
+            pass  # a read-only checkout: validated without the cache
+    return arch.split(".", 1)[0] in names  # resnet50.a1_in1k: the architecture before the pretrained tag
 
 
 def _detector_cfg_known(cfg: str) -> bool:

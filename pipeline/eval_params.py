@@ -19,6 +19,11 @@ class EvalParams:
     device: Literal["auto", "cpu", "cuda"] = param("auto", doc="device of every evaluator (auto = CUDA if visible)")
     batch_size: int = param(32, min=1, doc="inference batch size of the evaluators")
     seed: int = param(0, min=0, doc="seed of the evaluation models' training (segmenters, detector, classifiers)")
+    switched_off: list[str] = param(
+        default_factory=list, choices=("segment:rsna_like", "segment:ards_like", "segment:jsrt_like", "lesions"),
+        doc="evaluations not run because the data cannot support them (segment:<set> = no lung masks for that set; "
+            "lesions = no boxes to train the detector on); the report says 'not evaluated' and why instead of a "
+            "number. `cxrbench check` names the entry to add when an evaluation lacks its inputs")
 
     # --- FID / KID (eval/README.md) -----------------------------------------------------------------------------------
     fid_extractors: list[str] = param(default_factory=lambda: ["inception", "cxr-evaluator", "cxr-densenet"],

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -68,6 +67,8 @@ class PriorNet(nn.Module):
         self.input_size = int(input_size)
         self.normalisation = normalisation
         self.in_channels = 3 if normalisation == "imagenet" else 1
+        import torchvision  # lazy: ~2 s to import, and most stages that import this module never build a prior
+
         self.densenet = torchvision.models.densenet121(weights=None)
         if self.in_channels != 3:
             self.densenet.features.conv0 = nn.Conv2d(self.in_channels, 64, kernel_size=7, stride=2, padding=3,

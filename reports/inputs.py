@@ -122,6 +122,9 @@ class Inputs:
 
     def get(self, stage: str, model: str) -> tuple[dict | None, str]:
         """(metric JSON, "ok") or (None, the reason it is absent)."""
+        if model == "oracle" and model not in self.references and self.params.data.source != "drr":
+            return None, (f"not evaluated: real data (data.source {self.params.data.source}) has no opacity-free "
+                          "twin of an opacity image, the Oracle's truth")
         if not self.in_profile(model):
             return None, self.not_run()
         data = self.read(stage, model)

@@ -165,17 +165,29 @@ def _mean_std(avg: Any, scale: float = 1.0) -> tuple[float | None, float | None]
 # Notes every table carries
 # --------------------------------------------------------------------------------------------------------------------
 def data_description(inp: Inputs) -> str:
+    """Where every dataset came from (data/summary.json, written by the data stage; params.yaml before it ran)."""
     source = getattr(inp.params.data, "source", "drr")
+    origins: dict[str, str] = {}
     summary = inp.root / "data" / "summary.json"
     if summary.is_file():
         try:
-            source = json.loads(summary.read_text()).get("source", source)
+            written = json.loads(summary.read_text())
+            source = written.get("source", source)
+            origins = {k: v.get("origin", "") for k, v in written.get("datasets", {}).items()}
         except ValueError:
             pass
     what = ("the DRR benchmark rendered from a chest CT (synthetic; not the paper's RSNA / MIMIC / JSRT images)"
             if source == "drr" else f"real data from adapter `{source}`")
-    return (f"Data: {what}: `data/drr` (training; its test split = rsna_like), `data/ards-like` (ards_like), "
-            f"`data/jsrt-like` (jsrt_like), {inp.params.data.resolution} px.")
+
+    def of(name: str) -> str:
+        return f" = {origins[name]}" if origins.get(name) and source != "drr" else ""
+
+    roles = (f"`data/drr`{of('drr')} (training; its test split = rsna_like), `data/ards-like`{of('ards-like')} "
+             f"(ards_like), `data/jsrt-like`{of('jsrt-like')} (jsrt_like)")
+    if origins and source != "drr":
+        roles += (f", `data/seg-train`{of('seg-train')} (segmenters), `data/det-train`{of('det-train')} "
+                  "(detector)")
+    return f"Data: {what}: {roles}, {inp.params.data.resolution} px."
 
 
 def common_notes(inp: Inputs) -> list[str]:
@@ -270,7 +282,10 @@ def table_competence(inp: Inputs) -> Table:
 # --------------------------------------------------------------------------------------------------------------------
 def table1_models(inp: Inputs) -> list[tuple[str, str]]:
     """The paper's seven rows, then any other (non-ablation) model of this profile (e.g. a new baseline)."""
-    rows = list(paper.TABLE1_ROWS[:1]) + [(REFERENCE_NAMES.get(r, r), r) for r in inp.references]
+    refs = list(inp.references)
+    if "oracle" not in refs and inp.params.data.source != "drr":
+        refs.append("oracle")  # real data: the ceiling row says why it has no number
+    rows = list(paper.TABLE1_ROWS[:1]) + [(REFERENCE_NAMES.get(r, r), r) for r in refs]
     rows += list(paper.TABLE1_ROWS[1:])
     known = {m for _, m in rows} | set(ABLATIONS)
     rows += [(inp.description(m), m) for m in inp.models if m not in known]
@@ -314,8 +329,9 @@ def seg_cells(inp: Inputs, model: str) -> tuple[dict[str, Any], str]:
     for s in paper.SEG_SETS:
         entry = dig(data, "sets", s)
         if entry is None:
-            if data is not None:
-                row["_text"].update({f"{s}_{x}": "no set" for x in ("miou_delta", "miou", "sensitivity")})
+            if data is not None:  # switched off (eval.switched_off: no lung masks), or the set is absent
+                why = dig(data, "not_evaluated", s) or "no set"
+                row["_text"].update({f"{s}_{x}": why for x in ("miou_delta", "miou", "sensitivity")})
             continue
         row[f"{s}_n"] = entry.get("n")
         mean = entry.get("mean", {})
@@ -618,6 +634,9 @@ def table_segmenters(inp: Inputs) -> Table:
             for s in paper.SEG_SETS:
                 entry = dig(data, "sets", s)
                 res = entry.get("mean") if seg_name == "mean" else dig(entry, "segmenters", seg_name)
+                if entry is None and dig(data, "not_evaluated", s):
+                    row["_text"].update({f"{s}_{x}": data["not_evaluated"][s] for x in
+                                         ("miou", "miou_delta", "sensitivity", "sensitivity_delta")})
                 if entry is None or res is None:
                     continue
                 row[f"{s}_n"] = entry.get("n")
@@ -634,7 +653,8 @@ def table_segmenters(inp: Inputs) -> Table:
     notes = common_notes(inp) + [
         "Per-segmenter mIoU / sensitivity in % on the scored images of each set (opacity images of rsna_like and "
         "ards_like, all jsrt_like images); Δ = translated - original; `mean` = the mean over segmenters that "
-        "Table 1 reports. Segmenters trained once on the lung masks of the normal data/drr training images.",
+        "Table 1 reports. Segmenters trained once on the lung masks of data/seg-train (data.segmenter_sources: "
+        f"{', '.join(inp.params.data.segmenter_sources)}).",
         f"N = {n_line(rows) or 'unknown (no segment metrics yet)'} images."]
     return Table("table_segmenters", "Supplementary table: lung segmentation per segmenter", notes, cols, rows,
                  paper_note=("The paper publishes only the mean over its four segmenters (Table 1 above, "
@@ -700,7 +720,9 @@ def table_paired(inp: Inputs) -> Table:
                                    "seeds": "-", "_text": {}}
             entry = dig(data, "sets", s)
             if data is not None and entry is None:
-                row["status"] = f"no paired metrics for {s} (no clean twins?)"
+                row["status"] = (f"not evaluated: {s} has no clean twins (real data: data.source "
+                                 f"{inp.params.data.source})" if inp.params.data.source != "drr" else
+                                 f"no paired metrics for {s} (no clean twins?)")
             if entry is None:
                 rows.append(row)
                 continue
@@ -815,10 +837,11 @@ def table_lesions(inp: Inputs) -> Table:
                 else:
                     row["_text"].update(count_translated="", p_greater="", p_two_sided="", n_nonzero="")
             elif data is not None:
-                row["status"] = f"no {s} entry"
+                row["status"] = data.get("not_evaluated") or f"no {s} entry"
             rows.append(row)
     notes = common_notes(inp) + [
-        "YOLOv5 lesion detector (ultralytics, trained once on the data/drr opacity boxes); detections per scored "
+        "YOLOv5 lesion detector (ultralytics, trained once on the boxes of data/det-train: data.detector_sources); "
+        "detections per scored "
         "image (opacity images of rsna_like / ards_like, all jsrt_like images) before and after translation. "
         "Wilcoxon signed-rank test paired by image on the seed-mean counts (scipy, zero_method='wilcox'); "
         "'undefined' = every difference is zero. Box plots: figures/figure6_lesions.png."]

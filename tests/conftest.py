@@ -79,8 +79,10 @@ def ready(translator, iterations: int = 10):
 # `make test` runs two workers (pytest-xdist, one module per worker at a time). The long modules start first, in
 # this order, so the two workers share them (first and third to one, second and fourth to the other) and the short
 # modules fill the gaps; the order inside each module is kept. Seconds per module, measured on 2 cores with two
-# workers: dvc_pipeline ~410, ours_sanity ~140, user_commands ~90, dvc_queue ~70.
-LONG_MODULES = ("test_dvc_pipeline.py", "test_ours_sanity.py", "test_dvc_queue.py", "test_user_commands.py")
+# workers: dvc_pipeline ~410, real_data_pipeline ~280, ours_sanity ~140, user_commands ~90, dvc_queue ~70 (longest
+# first: each goes to the worker that frees first).
+LONG_MODULES = ("test_dvc_pipeline.py", "test_real_data_pipeline.py", "test_ours_sanity.py", "test_user_commands.py",
+                "test_dvc_queue.py")
 
 
 def pytest_collection_modifyitems(config, items):

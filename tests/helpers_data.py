@@ -43,4 +43,8 @@ def write_tiny_dataset(root: Path, name: str = "drr", n: int = 4, size: int = 64
                         row[c] = int(domain == "opacity" and c == "label_Pneumonia")
                 rows.append(row)
     pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(ds / "manifest.csv", index=False)
+    if name == "drr":
+        from pipeline.app.data import write_default_role_sets
+
+        write_default_role_sets(Path(root) / "data")  # data/seg-train, data/det-train as the data stage writes them
     return ds

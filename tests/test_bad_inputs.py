@@ -217,7 +217,7 @@ def test_profile_typo_suggests_and_leaves_params_alone(project, capsys):
     before = path.read_bytes()
     msg = cli_error(["--params", str(path), "profile", "gpu-quik"], capsys)
     assert msg == ("cxrbench: error: unknown profile 'gpu-quik' (did you mean 'gpu-quick'?); available: cpu, "
-                   "cpu-rank, ci, gpu-quick, paper")
+                   "cpu-rank, ci, gpu-quick, paper, paper-real")
     assert path.read_bytes() == before and not list(root.glob("*.tmp"))
 
 

@@ -154,8 +154,10 @@ def test_cxr_densenet_fid_kid_match_torch_fidelity_and_scipy(tmp_path, prior_fil
         input1=str(tmp_path / "gen"), input2=str(tmp_path / "ref"), feature_extractor=fk.CXR_EXTRACTOR,
         feature_extractor_weights_path=str(prior_file), fid=True, kid=True, kid_subsets=10, kid_subset_size=3,
         rng_seed=5, cuda=False, cache=False, save_cpu_ram=True, verbose=False)
-    assert rel(ours["fid"], tf["frechet_inception_distance"]) < 1e-6
-    assert rel(ours["kid_mean"], tf["kernel_inception_distance_mean"]) < 1e-6
+    # both extract float32 features, in different batches: 1e-6 relative was at the edge (1.4e-6 seen on an FID of
+    # 0.04); a formula or data error moves the value by far more than 1e-5
+    assert rel(ours["fid"], tf["frechet_inception_distance"]) < 1e-5
+    assert rel(ours["kid_mean"], tf["kernel_inception_distance_mean"]) < 1e-5
 
     # 2) independent: the prior's pooled features of the PNGs read by PIL, then scipy / numpy
     net = load_prior(prior_file)

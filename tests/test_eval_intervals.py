@@ -104,6 +104,11 @@ def test_oracle_ranks_first_and_blur_not_above_identity_on_the_headline_paired_m
     for metric, better in (("residual", min), ("psnr", max), ("ssim", max), ("fid", min)):
         ranking = sorted(scores, key=lambda k: scores[k][metric], reverse=better is max)
         assert ranking[0] == "oracle", (metric, scores)
+        if metric == "fid":
+            # FID against clean scenes may prefer the blur (it smooths the opacity edges too): seen 124.8 vs 133.7
+            # with numpy 2.4 / Pillow 13 where older versions gave the reverse. What FID cannot do is tell blur from
+            # opacity removal; the paired metrics can, and must rank blur no better than doing nothing
+            continue
         assert ranking.index("blur") >= ranking.index("identity") or \
             scores["blur"][metric] == pytest.approx(scores["identity"][metric], rel=0.02), (metric, scores)
 

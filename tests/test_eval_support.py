@@ -66,6 +66,9 @@ def write_eval_datasets(root: Path, size: int = 32, n: int = 3, seed: int = 0) -
                             row[c] = int(domain == "opacity" and c == "label_Pneumonia")
                     rows.append(row)
         pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(ds / "manifest.csv", index=False)
+    from pipeline.app.data import write_default_role_sets
+
+    write_default_role_sets(Path(root) / "data")  # data/seg-train, data/det-train as the data stage writes them
     return Path(root)
 
 

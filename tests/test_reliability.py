@@ -285,10 +285,10 @@ def test_sigkill_during_data_generation_then_rerun(tmp_path):
         stage.run_data_stage(params, out, log=None)
 
     kill_at(*fork_child(body), "writing ards-like")
-    assert len(read_manifest(out / "drr")) == 12  # the finished dataset is complete
-    assert not (out / "ards-like").exists() and not (out / "jsrt-like").exists()
-    assert list(out.glob(".ards-like.partial-*"))  # the killed write left only its hidden folder
-    assert not (out / "summary.json").exists()
+    # all or nothing: the finished drr waits in data/.next/ with the half-written ards-like; nothing is visible
+    assert not any((out / n).exists() for n in ("drr", "ards-like", "jsrt-like", "seg-train", "summary.json"))
+    assert len(read_manifest(out / ".next" / "drr")) == 12
+    assert list((out / ".next").glob(".ards-like.partial-*"))  # the killed write left only its hidden folder
 
     stage.run_data_stage(params, out, log=None)
     assert not stale_files(tmp_path), stale_files(tmp_path)
@@ -298,7 +298,8 @@ def test_sigkill_during_data_generation_then_rerun(tmp_path):
                               ("train", "opacity"): 3},
                       "ards-like": {("test", "opacity"): 2}, "jsrt-like": {("test", "normal"): 2}}
     summary = json.loads((out / "summary.json").read_text())
-    assert {k: v["images"] for k, v in summary["datasets"].items()} == {"drr": 12, "ards-like": 2, "jsrt-like": 2}
+    assert {k: v["images"] for k, v in summary["datasets"].items()} == {"drr": 12, "ards-like": 2, "jsrt-like": 2,
+                                                                        "seg-train": 3, "det-train": 6}
     assert (tmp_path / "reports" / "figures" / "data_samples.png").is_file()
 
 

@@ -41,10 +41,26 @@ def cmd_check(args) -> None:
     from pipeline import registry
     from pipeline.layout import check_buildable  # start-up time: torch and every method
 
+    from pipeline.data.canonical import DataError
+    from pipeline.data.plan import build_plan, check_plan, plan_lines
+
     params = _params(args)
     check_buildable(params, getattr(args, "params", None) or "params.yaml")
     print(f"params.yaml OK: profile {params.profile}, {len(params.models)} models, seeds {params.seeds}; "
           f"registered methods: {', '.join(registry.names())}")
+    # the data plan as a whole: sources of every role, what each evaluation needs, leakage, both domains
+    plan = build_plan(params.data)
+    errors, warnings = check_plan(plan, params.data, params.eval.switched_off)
+    print("data plan (images, with lung masks, with boxes):")
+    for line in plan_lines(plan):
+        print(f"  {line}")
+    for w in warnings:
+        print(f"warning: {w}")
+    if errors:
+        for e in errors[1:]:
+            print(f"error: {e}", file=sys.stderr)
+        raise DataError(errors[0] + (f" ({len(errors)} problems; the others above)" if len(errors) > 1 else ""))
+    print("data plan OK")
 
 
 def cmd_models(args) -> None:
@@ -173,6 +189,12 @@ def cmd_ui(args) -> None:
                             f"{args.port} taken? try `cxrbench ui --port {args.port + 1}`")
 
 
+def cmd_bench_data(args) -> None:
+    from pipeline.app.bench_data import run_data_bench
+
+    run_data_bench(args)
+
+
 def cmd_bench(args) -> None:
     from pipeline.app.bench import run_bench
 
@@ -272,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (auto: bf16 autocast on a GPU)")
     s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
     s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("bench-data", help="real-data conversion throughput into reports/bench/",
+                       description="Writes RSNA-format DICOMs (1024 px) and JSRT .IMG (2048 px) + SCR masks into "
+                                   "--work, converts them with the data stage's code per worker count and once "
+                                   "resumed; writes reports/bench/data-conversion.json and .md with the "
+                                   "extrapolation to full RSNA and MIMIC-CXR-JPG.")
+    s.add_argument("--rsna", type=int, default=2000, help="RSNA-format DICOMs to write (default 2000)")
+    s.add_argument("--jsrt", type=int, default=247, help="JSRT .IMG files to write (default 247, the full set)")
+    s.add_argument("--resolution", type=int, default=512, help="output side in px (default 512, the paper's)")
+    s.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    s.add_argument("--work", default="/tmp/cxrbench-bench-data", help="folder for the fixtures (kept for reruns)")
+    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
+    s.set_defaults(fn=cmd_bench_data)
     return p
 
 

@@ -1,9 +1,13 @@
-"""The `data` stage: write data/drr, data/ards-like, data/jsrt-like (rendered, or from real datasets through the
-adapters), data/summary.json and reports/figures/data_samples.png.
+"""The `data` stage: write data/drr, data/ards-like, data/jsrt-like, data/seg-train, data/det-train (rendered, or
+from real datasets through the adapters; roles in pipeline/data/plan.py), data/summary.json and
+reports/figures/data_samples.png.
 
     run_data_stage(params, data_root)   # data_root = <project>/data (what `cxrbench data` passes)
 
-Every dataset is written atomically (canonical.DatasetWriter). Nothing here depends on the clock: the same params give
+The stage is atomic as a whole: the plan is checked first, every dataset is written into data/.next/ and
+all are swapped in together (a kill leaves either the old set or, after the next run, the new one; never a mix).
+Converted images are cached in data/.cache/convert/, so a rerun after an interruption converts only what is left.
+Nothing here depends on the clock: the same params give
 byte-identical manifests, images and summary.
 """
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -18,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data.adapters import write_mimic_ards, write_source
+from pipeline.data.adapters import add_converted, convert_all, lung_area
 from pipeline.data.canonical import LABEL_COLUMNS, NIH14, DatasetWriter, boxes_text, empty_row, read_manifest
 from pipeline.data.drr import Case, PatientSpec, Settings, plan, render_patient, resolve_device
 from pipeline.data.params import DataParams
+from pipeline.data.plan import DATASETS, ROLE_SETS, DatasetPlan, validate
 from pipeline.data.sheet import contact_sheet, dataset_sheet_rows
 from pipeline.io import atomic_write
 
@@ -132,11 +138,112 @@ def dataset_summary(folder: Path) -> dict:
     groups = Counter(f"{s}/{d}" for s, d in zip(df["split"], df["domain"]))
     labels = {n: int(df[c].sum()) for n, c in zip(NIH14, LABEL_COLUMNS) if int(df[c].sum())}
     return {"images": len(df), "patients": int(df["patient_id"].nunique()), "groups": dict(sorted(groups.items())),
-            "labels": labels, "source": sorted(set(df["source"]))}
+            "labels": labels, "source": sorted(set(df["source"])),
+            "lung_masks": int((df["lung_mask"] != "").sum()), "boxes": int((df["boxes"] != "").sum())}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Atomic as a whole: every dataset is written into data/.next/, then all are swapped in together.
+# ---------------------------------------------------------------------------------------------------------------------
+NEXT, PREV, COMPLETE = ".next", ".prev", "COMPLETE"
+OUTPUTS = (*DATASETS, "summary.json")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(root: Path) -> None:
+    """Move every staged output into place (old ones to data/.prev/ first). Idempotent: after a kill it is simply
+    run again (recover), so the visible set ends all new."""
+    nxt, prev = root / NEXT, root / PREV
+    prev.mkdir(exist_ok=True)
+    for name in OUTPUTS:
+        staged, live = nxt / name, root / name
+        if not staged.exists():
+            continue  # moved already
+        if live.exists():
+            _remove(prev / name)
+            live.rename(prev / name)
+        staged.rename(live)
+    (nxt / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(nxt, ignore_errors=True)
+    shutil.rmtree(prev, ignore_errors=True)
+
+
+def recover(root: Path, log=print) -> None:
+    """Finish or discard what a killed data stage left: a complete staging is swapped in (its datasets are whole and
+    were about to replace the old ones), an incomplete one removed (its conversions stay in data/.cache)."""
+    nxt = root / NEXT
+    if (nxt / COMPLETE).is_file():
+        if log:
+            log("data: finishing the swap of a previous run that was stopped during it")
+        _swap_in(root)
+    elif nxt.exists() or (root / PREV).exists():
+        shutil.rmtree(nxt, ignore_errors=True)
+        shutil.rmtree(root / PREV, ignore_errors=True)
+
+
+def _link_rows(writer: DatasetWriter, source: Path, keep) -> int:
+    """Rows of a written dataset (and their files, hard-linked) that `keep(row)` selects."""
+    df = read_manifest(source)
+    n = 0
+    for row in df.to_dict("records"):
+        if not keep(row):
+            continue
+        linked: dict[str, str] = {}  # a normal DRR row's twin is its image: one link
+        for column in ("image", "lung_mask", "opacity_mask", "boxes", "twin"):
+            rel = row[column]
+            if rel and rel not in linked:
+                folder, name = rel.split("/", 1)
+                linked[rel] = writer.link(folder, name, source / rel)
+            row[column] = linked.get(rel, rel)
+        writer.add_row(row)
+        n += 1
+    return n
+
+
+def _role_keep(segmenters: bool):
+    """The rows a role set takes from a written dataset: the segmenters its normal train/val images with lung
+    masks (clean lungs), the detector every train/val image (normal ones are background)."""
+    def keep(row) -> bool:
+        if row["split"] not in ("train", "val"):
+            return False
+        return (row["domain"] == "normal" and bool(row["lung_mask"])) if segmenters else True
+
+    return keep
+
+
+def write_default_role_sets(data_root: Path) -> None:
+    """data/seg-train and data/det-train from data/drr as `segmenter_sources: [train]` and `detector_sources:
+    [train]` make them (for datasets written without the data stage: test fixtures, hand-made folders)."""
+    drr = read_manifest(Path(data_root) / "drr")
+    for name in ROLE_SETS:
+        keep = _role_keep(name == "seg-train")
+        if any(keep(row) for row in drr.to_dict("records")):  # a dataset is never empty: none rather than that
+            with DatasetWriter(Path(data_root) / name) as writer:
+                _link_rows(writer, Path(data_root) / "drr", keep)
+
+
+def write_role_set(plan: DatasetPlan, stage: Path, p: DataParams, cache: Path, workers: int, log) -> None:
+    """data/seg-train or data/det-train: parts linked from written datasets + adapter images."""
+    keep = _role_keep(plan.name == "seg-train")
+    with DatasetWriter(stage / plan.name) as writer:
+        for source in plan.derived:
+            parent = stage / "drr" if source == "train" or p.source == "drr" else stage / ".drr-aux"
+            n = _link_rows(writer, parent, keep)
+            if log:
+                log(f"data: {plan.name}: {n} images from {source} ({parent.name})")
+        for it, folder, out in convert_all(plan.items, p.resolution, cache, workers, plan.name, log, lung_area(p)):
+            add_converted(writer, it, folder, out)
 
 
 def run_data_stage(params, out_root: Path, log=print) -> dict:
-    """Build every dataset of the `data` stage under `out_root` (the project's data/ folder)."""
+    """Build every dataset of the `data` stage under `out_root` (the project's data/ folder): checked as a whole
+    plan first, written into data/.next/, swapped in together."""
     p: DataParams = params.data
     out_root = Path(out_root)
     log = log or (lambda *_: None)
@@ -144,34 +251,46 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
     if p.threads:
         torch.set_num_threads(p.threads)
     start = time.perf_counter()
+    switched_off = getattr(getattr(params, "eval", None), "switched_off", ())
+    plan = validate(p, switched_off, log)  # every problem before any image is converted
+    out_root.mkdir(parents=True, exist_ok=True)
+    recover(out_root, log)
+    stage, cache = out_root / NEXT, out_root / ".cache" / "convert"
+    stage.mkdir()
+    workers = p.workers or (os.cpu_count() or 1)
     settings = drr_settings(p)
     counts = drr_counts(p)
-    workers = p.workers or (os.cpu_count() or 1)
-    written = {}
-    if p.source != "drr":
-        write_source(p, p.source, out_root / "drr")
-        written["drr"] = p.source
-    if p.mimic_ards_studies:
-        write_mimic_ards(p, out_root / "ards-like")
-        written["ards-like"] = "mimic"
-    if p.jsrt_dir and p.jsrt_as_eval:
-        write_source(p, "jsrt", out_root / "jsrt-like", eval_only=True)
-        written["jsrt-like"] = "jsrt"
-    todo = [name for name in ("drr", "ards-like", "jsrt-like") if name not in written]
-    with Renderer(settings, workers if todo else 1, p.threads or 1) as renderer:
-        for name in todo:
-            log(f"data: rendering {name} ({sum(counts[name].values())} images at {p.resolution} px)")
-            write_drr_dataset(out_root / name, counts[name], renderer, p.images_per_patient, log)
-            written[name] = "drr"
+    rendered = {name: counts[name] for name in ("drr", "ards-like", "jsrt-like") if not plan[name].items}
+    if any(s == "drr" for s in p.segmenter_sources + p.detector_sources) and p.source != "drr":
+        rendered[".drr-aux"] = {("drr-aux", split, domain): n for (_, split, domain), n in counts["drr"].items()
+                                if split != "test"}
+    with Renderer(settings, workers if rendered else 1, p.threads or 1) as renderer:
+        for name in ("drr", "ards-like", "jsrt-like"):
+            ds = plan[name]
+            if ds.items:
+                log(f"data: converting {name} from {ds.origin} ({len(ds.items)} images at {p.resolution} px)")
+                with DatasetWriter(stage / name) as writer:
+                    for it, folder, out in convert_all(ds.items, p.resolution, cache, workers, name, log,
+                                                       lung_area(p)):
+                        add_converted(writer, it, folder, out)
+        for name, groups in rendered.items():
+            log(f"data: rendering {name} ({sum(groups.values())} images at {p.resolution} px)")
+            write_drr_dataset(stage / name, groups, renderer, p.images_per_patient, log)
+    for name in ROLE_SETS:
+        write_role_set(plan[name], stage, p, cache, workers, log)
+    shutil.rmtree(stage / ".drr-aux", ignore_errors=True)
+
+    summary = {"resolution": p.resolution, "seed": p.seed, "source": p.source,
+               "datasets": {name: {**dataset_summary(stage / name), "origin": plan[name].origin,
+                                   "role": plan[name].role} for name in DATASETS}}
+    atomic_write(stage / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(stage / COMPLETE, "\n".join(OUTPUTS) + "\n")
+    _swap_in(out_root)
 
     if p.source == "drr":
         contact_sheet(example_cases(p), figure)
     else:
         contact_sheet(dataset_sheet_rows(out_root, ["drr", "ards-like", "jsrt-like"]), figure)
-    summary = {"resolution": p.resolution, "seed": p.seed, "source": p.source,
-               "datasets": {name: dataset_summary(out_root / name) for name in ("drr", "ards-like", "jsrt-like")}}
-    summary["datasets"] = {k: {**v, "origin": written[k]} for k, v in summary["datasets"].items()}
-    atomic_write(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")  # a killed run leaves no half file
     wrote = ", ".join(f"{k} ({v['images']} images)" for k, v in summary["datasets"].items())
     log(f"data: wrote {wrote} and {figure} in {time.perf_counter() - start:.1f} s")
     return summary

@@ -35,8 +35,8 @@ from eval import paired as paired_mod
 from eval import segmentation as seg
 from eval import detection
 from eval.references import REFERENCE_SEED, REFERENCES, blur_sigma_at, gaussian_blur
-from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, eval_rows, is_external, load_mask,
-                       load_original, pick_device, read_pngs, scored_rows, train_rows)
+from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, cap_rows, eval_rows, is_external,
+                       load_mask, load_original, pick_device, read_pngs, scored_rows, train_rows)
 from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
 from pipeline import tracking
 from pipeline.config import Params
@@ -195,14 +195,35 @@ def segmenter_path(layout: Layout, name: str) -> Path:
     return layout.root / "models" / "segmenters" / f"{name}.pt"
 
 
+SEG_TRAIN, DET_TRAIN = "seg-train", "det-train"  # role sets written by the data stage (pipeline/data/plan.py)
+
+
+def _role_manifest(ds: Path) -> pd.DataFrame:
+    if not (ds / "manifest.csv").exists():
+        raise EvalError(f"{ds / 'manifest.csv'}: not found; rerun `dvc repro data` (the data stage writes the "
+                        "segmenter and detector training sets since this version)")
+    return canonical.read_manifest(ds)
+
+
+def not_evaluated(params: Params, stage: str, eval_set: str) -> str:
+    """Why `stage` (segment) does not score `eval_set`, or "" when it does."""
+    if f"{stage}:{eval_set}" in params.eval.switched_off:
+        return f"not evaluated: no lung masks for {eval_set} ('{stage}:{eval_set}' in eval.switched_off)"
+    return ""
+
+
 def run_segmenters(params: Params, root: Path | None = None) -> dict[str, Any]:
-    """Train every segmenter once on the lung masks of the normal drr training images."""
+    """Train every segmenter once on the train split of data/seg-train (data.segmenter_sources); competence on its
+    held-out test split, or, where it has none (the default: normal images of the training set), on the clean
+    normal rsna_like images."""
     layout, device = _setup(params, root)
     ev = params.eval
-    ds, rows = train_rows(layout, "train")
-    rows = rows[rows["domain"] == "normal"].reset_index(drop=True)
+    ds = layout.dataset(SEG_TRAIN)
+    df = _role_manifest(ds)
+    rows = cap_rows(df[(df["split"] == "train") & (df["lung_mask"] != "")], 0)
     if len(rows) < 2:
-        raise EvalError(f"{ds / 'manifest.csv'}: segmenter training needs at least 2 normal training images")
+        raise EvalError(f"{ds / 'manifest.csv'}: segmenter training needs at least 2 training images with lung masks "
+                        "(data.segmenter_sources names the sets; `cxrbench check` shows their counts)")
     images, masks = load_original(ds, rows), load_mask(ds, rows, "lung_mask")
     logs = {}
     for name in ev.segmenters:
@@ -210,9 +231,14 @@ def run_segmenters(params: Params, root: Path | None = None) -> dict[str, Any]:
                                          ev.seed, device)
         seg.save_segmenter(model, name, images.shape[-1], log, segmenter_path(layout, name))
         logs[name] = log
-    # competence: mIoU on clean normal test images (rsna_like normals), before any number depends on them
-    tds, tdf = eval_rows(layout, "rsna_like")
-    normals = tdf[tdf["domain"] == "normal"].reset_index(drop=True)
+    # competence: mIoU on held-out clean images, before any number depends on them
+    held = cap_rows(df[(df["split"] == "test") & (df["lung_mask"] != "")], 0)
+    if len(held):
+        tds, normals, where = ds, held, f"held-out data/{SEG_TRAIN} test images"
+    else:
+        tds, tdf = eval_rows(layout, "rsna_like")
+        normals = tdf[(tdf["domain"] == "normal") & (tdf["lung_mask"] != "")].reset_index(drop=True)
+        where = "clean normal rsna_like test images"
     comp = {}
     if len(normals):
         timgs, tmasks = load_original(tds, normals), load_mask(tds, normals, "lung_mask")
@@ -221,10 +247,13 @@ def run_segmenters(params: Params, root: Path | None = None) -> dict[str, Any]:
             pred = seg.predict_lungs(model, timgs, size, device, ev.batch_size, ev.seg_threshold)
             miou, _ = seg.miou_sensitivity(pred, tmasks)
             comp[name] = {**competence(float(miou.mean()), ev.floor_segmenter_miou,
-                                       f"mIoU on {len(normals)} clean normal rsna_like test images"),
+                                       f"mIoU on {len(normals)} {where}"),
                           "ci95": bootstrap_ci(miou, ev.n_boot, seed=ev.seed)}
-            print(f"segmenter {name}: clean-image mIoU {miou.mean():.3f} (floor {ev.floor_segmenter_miou})",
-                  flush=True)
+            print(f"segmenter {name}: mIoU {miou.mean():.3f} on {len(normals)} {where} (floor "
+                  f"{ev.floor_segmenter_miou})", flush=True)
+    else:
+        print("segmenters: no held-out image with a lung mask: competence not measured (metrics not ranked)",
+              flush=True)
     summary = {"stage": "segmenters", "n_train": int(len(rows)), "image_size": int(images.shape[-1]),
                "segmenters": logs, "competence": comp}
     write_json(layout.root / "models" / "segmenters" / "segmenters.json", summary)
@@ -279,6 +308,10 @@ def run_segment(params: Params, model: str, root: Path | None = None) -> dict[st
     known = _known_original_scores(layout, result["settings"]) if model != ORIGINAL else {}
     rows_out = []
     for eval_set in available_sets(layout):
+        why = not_evaluated(params, "segment", eval_set)
+        if why:
+            result.setdefault("not_evaluated", {})[eval_set] = why
+            continue
         ds, df = eval_rows(layout, eval_set, ev.max_images)
         rows = scored_rows(df)
         if rows.empty:
@@ -339,11 +372,18 @@ def _det_size(params: Params) -> int:
 
 
 def run_detector_training(params: Params, root: Path | None = None) -> dict[str, Any]:
-    """Train the YOLOv5 lesion detector once on the opacity boxes of data/drr (train/val splits)."""
+    """Train the YOLOv5 lesion detector once on the boxes of data/det-train (data.detector_sources; train/val)."""
     layout, device = _setup(params, root)
     ev = params.eval
-    ds = layout.dataset(TRAIN_DATASET)
-    df = canonical.read_manifest(ds)
+    if "lesions" in ev.switched_off:
+        out = detector_dir(layout)
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"stage": "detector", "not_evaluated": "switched off in eval.switched_off (no boxes to train on)"}
+        write_json(out / "detector.json", result)
+        print(f"detector: not trained: {result['not_evaluated']}", flush=True)
+        return result
+    ds = layout.dataset(DET_TRAIN)
+    df = _role_manifest(ds)
     df = df[df["split"].isin(["train", "val"])].reset_index(drop=True)
     return detection.train_detector(ds, df, detector_dir(layout), cfg=ev.detector_cfg,
                           weights=_in_project(layout, ev.detector_weights), epochs=ev.det_epochs,
@@ -355,6 +395,10 @@ def run_lesions(params: Params, model: str, root: Path | None = None) -> dict[st
     """Detections per image before vs after translation, the Wilcoxon signed-rank test, box-plot data."""
     layout, device = _setup(params, root)
     ev = params.eval
+    if "lesions" in ev.switched_off:
+        why = "not evaluated: no detector ('lesions' in eval.switched_off: no boxes to train it on)"
+        return _finish(params, layout, "lesions", model, {"stage": "lesions", "model": model, "sets": {},
+                                                           "not_evaluated": why}, [])
     detector = detection.load_detector(detector_dir(layout) / detection.DETECTOR_FILE)
     translations = _translations(layout, params, model)
     kw = dict(image_size=_det_size(params), conf=ev.det_conf, iou=ev.det_iou, device=_cuda_index(device),

@@ -13,7 +13,13 @@ quantised to 8 bit. Masks must have the aspect ratio of their image.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,10 +28,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.data.canonical import NIH14, OPACITY_LABELS, DataError, DatasetWriter, boxes_text, empty_row
+from pipeline.data.canonical import NIH14, OPACITY_LABELS, DataError, DatasetWriter, boxes_text, empty_row, write_png
 from pipeline.data.drr import boxes_from_mask
 from pipeline.data.params import DataParams
 from pipeline.errors import suggest
+from pipeline.progress import bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -46,6 +53,8 @@ class SourceImage:
     opacity_file: str = ""
     boxes_px: np.ndarray | None = None  # (K, 4) x, y, w, h in source pixels (RSNA)
     view_from: Callable[[], str] | None = None  # reads the view from the file header (DICOM)
+    file: str = ""  # the image file (leakage checks, the conversion cache key)
+    extra_files: tuple[str, ...] = ()  # other files read for this image (a second lung-mask half)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,16 +181,14 @@ def _check_aspect(mask: np.ndarray, image_shape, mask_file: str, image_id: str) 
                         "be the image's size (or an exact downscale of it): fix or remove the mask")
 
 
-LUNG_AREA = (0.02, 0.95)  # fraction of the image: a chest radiograph's lungs cover roughly 15-60 %
-
-
-def _check_lung_area(mask: np.ndarray, mask_file: str, image_id: str) -> None:
+def _check_lung_area(mask: np.ndarray, mask_file: str, image_id: str, bounds: tuple[float, float]) -> None:
     """An empty, all-white or speck lung mask (a wrong file, an inverted export) would score every segmenter
-    against nothing: refused, naming the file."""
+    against nothing: refused, naming the file (bounds: data.lung_area_min / lung_area_max)."""
     area = float((np.asarray(mask) >= 0.5).mean())
-    if not LUNG_AREA[0] <= area <= LUNG_AREA[1]:
-        raise DataError(f"{mask_file}: lung mask of {image_id} covers {area:.1%} of the image (lungs cover roughly "
-                        "15-60 %): empty, inverted or of another image? fix or remove the mask")
+    if not bounds[0] <= area <= bounds[1]:
+        raise DataError(f"{mask_file}: lung mask of {image_id} covers {area:.1%} of the image, outside "
+                        f"data.lung_area_min/max ({bounds[0]:.0%}-{bounds[1]:.0%}; lungs cover roughly 15-60 %): "
+                        "empty, inverted or of another image? fix or remove the mask")
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -213,91 +220,223 @@ def _folder(path_text: str, key: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Splits and writing.
+# Ids, splits and caps: functions of the id (or patient id) and the seed only, so adding or filtering other images
+# never moves an image to another split or out of a capped set.
 # ---------------------------------------------------------------------------------------------------------------------
+ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_id(text: str) -> str:
+    """The same file-name rule in every adapter: characters other than letters, digits, '.', '_', '-' (spaces,
+    brackets, ...) become '_'. Two files that map to one id are an error naming both (write_images)."""
+    return ID_CHARS.sub("_", text.strip())
+
+
+def unit_hash(*parts) -> float:
+    """A uniform number in [0, 1) determined by `parts` alone (sha256)."""
+    digest = hashlib.sha256("\x1f".join(str(x) for x in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def stable_split(patient: str, seed: int, val_fraction: float, test_fraction: float) -> str:
+    """A patient's split from its id and the seed only: test with probability test_fraction, val with val_fraction.
+    Fractions are expected values (a set of 20 patients gets about, not exactly, 20 % test); `cxrbench check`
+    prints the counts."""
+    u = unit_hash("split", seed, patient)
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+
+
 def patient_splits(patients: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Patient -> split, by a seeded permutation of the sorted unique patient ids."""
-    unique = sorted(set(patients))
-    order = np.random.default_rng([seed, 7]).permutation(len(unique))
-    n_test = int(round(test_fraction * len(unique)))
-    n_val = int(round(val_fraction * len(unique)))
-    out = {}
-    for rank, i in enumerate(order):
-        out[unique[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-    return out
+    """Patient -> split (stable_split of each unique patient)."""
+    return {pid: stable_split(pid, seed, val_fraction, test_fraction) for pid in sorted(set(patients))}
 
 
 def _cap(items: list[SourceImage], max_images: int, seed: int) -> list[SourceImage]:
+    """At most max_images per domain: those with the smallest hash of (seed, id), in their input order."""
     if not max_images:
         return items
-    out = []
+    keep = set()
     for domain in ("opacity", "normal"):
-        group = sorted((it for it in items if it.domain == domain), key=lambda it: it.id)
-        order = np.random.default_rng([seed, 11]).permutation(len(group))
-        out += [group[i] for i in sorted(order[:max_images])]
-    return out
+        group = sorted((it for it in items if it.domain == domain), key=lambda it: unit_hash("cap", seed, it.id))
+        keep.update(it.id for it in group[:max_images])
+    return [it for it in items if it.id in keep]
 
 
-def write_images(target: Path, items: list[SourceImage], p: DataParams, eval_only: bool = False,
-                 what: str = "source") -> dict:
-    """Convert and write `items` as one canonical dataset (atomically)."""
+def assign_splits(items: list[SourceImage], p: DataParams, eval_only: bool = False,
+                  what: str = "source") -> list[SourceImage]:
+    """Cap, check ids, and set every item's split (eval_only: all test). Returns new items sorted by id."""
     if not items:
         raise DataError(f"{what}: no usable images found (check the folder layout in pipeline/data/README.md and "
                         "the data.* filters)")
     items = _cap(items, p.max_images, p.seed)
-    seen = {}
+    seen: dict[str, SourceImage] = {}
     for it in items:
         if it.id in seen:
-            raise DataError(f"{what}: duplicate image id {it.id!r} (two files map to one id; rename or remove one)")
+            raise DataError(f"{what}: two files map to image id {it.id!r} ({seen[it.id].file or seen[it.id].id} and "
+                            f"{it.file or it.id}; ids keep letters, digits, '.', '_', '-'): rename or remove one")
         seen[it.id] = it
-    if eval_only:
-        splits = {it.patient_id: "test" for it in items}
+    out, by_patient = [], {}
+    for it in sorted(items, key=lambda it: it.id):
+        split = "test" if eval_only else (it.split or stable_split(it.patient_id, p.seed, p.val_fraction,
+                                                                   p.test_fraction))
+        if by_patient.setdefault(it.patient_id, split) != split:
+            raise DataError(f"{what}: patient {it.patient_id} is in both {by_patient[it.patient_id]} and {split} "
+                            "(the official split must be patient-disjoint; fix the split file)")
+        out.append(dataclasses.replace(it, split=split))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conversion (one image: read, check, resize, quantise), its resume cache, and parallel workers.
+# ---------------------------------------------------------------------------------------------------------------------
+CONVERT_VERSION = 1  # bump when the conversion of an image changes: cached conversions are then redone
+
+
+def convert_item(it: SourceImage, res: int, lung_area: tuple[float, float] = (0.02, 0.95)) -> dict:
+    """The canonical files of one image: {"image": uint8, "lung": bool|None, "opacity": bool|None, "boxes": (K, 5)
+    |None, "view": str}. Bad masks raise DataError naming the file."""
+    image = it.read()
+    out = {"image": np.round(resize_square(image, res) * 255).astype(np.uint8), "lung": None, "opacity": None,
+           "boxes": None, "view": it.view or (it.view_from() if it.view_from else "")}
+    if it.lung is not None:
+        lung = it.lung()
+        _check_aspect(lung, image.shape, it.lung_file, it.id)
+        _check_lung_area(lung, it.lung_file, it.id, lung_area)
+        out["lung"] = resize_square(lung, res) >= 0.5
+    if it.opacity is not None:
+        mask = it.opacity()
+        _check_aspect(mask, image.shape, it.opacity_file, it.id)
+        out["opacity"] = resize_square(mask, res) >= 0.5
+        out["boxes"] = boxes_from_mask(out["opacity"])
+    elif it.boxes_px is not None:
+        h, w = image.shape
+        b = it.boxes_px
+        boxes = np.stack([np.zeros(len(b)), (b[:, 0] + b[:, 2] / 2) / w, (b[:, 1] + b[:, 3] / 2) / h,
+                          b[:, 2] / w, b[:, 3] / h], 1).astype(np.float32).reshape(-1, 5)
+        boxes[:, 1:] = np.clip(boxes[:, 1:], 0, 1)
+        opacity = np.zeros((res, res), bool)
+        for _, cx, cy, bw, bh in boxes:
+            x0, x1 = int(np.floor((cx - bw / 2) * res)), int(np.ceil((cx + bw / 2) * res))
+            y0, y1 = int(np.floor((cy - bh / 2) * res)), int(np.ceil((cy + bh / 2) * res))
+            opacity[max(0, y0):y1, max(0, x0):x1] = True
+        out["opacity"], out["boxes"] = opacity, boxes
+    return out
+
+
+def cache_key(it: SourceImage, res: int, lung_area: tuple[float, float] = (0.02, 0.95)) -> str:
+    """What a conversion depends on: the input files (path, size, mtime), the id, boxes and the resolution."""
+    def stat(path: str):
+        if not path:
+            return None
+        st = os.stat(path)
+        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+    boxes = None if it.boxes_px is None else np.asarray(it.boxes_px, np.float64).round(4).tolist()
+    blob = json.dumps([CONVERT_VERSION, res, list(lung_area), it.source, it.id, stat(it.file), stat(it.lung_file),
+                       [stat(f) for f in it.extra_files], stat(it.opacity_file), boxes, it.view], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def convert_cached(it: SourceImage, res: int, cache: Path | None,
+                   lung_area: tuple[float, float] = (0.02, 0.95)) -> tuple[Path | None, dict | None]:
+    """Convert one image into its cache folder (written under a temporary name, then renamed: a killed worker
+    leaves no half entry). Returns (folder, None), or (None, converted) without a cache."""
+    if cache is None:
+        return None, convert_item(it, res, lung_area)
+    folder = cache / cache_key(it, res, lung_area)
+    if (folder / "meta.json").is_file():
+        return folder, None
+    out = convert_item(it, res, lung_area)
+    tmp = cache / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_png(tmp / "image.png", out["image"])
+    for name in ("lung", "opacity"):
+        if out[name] is not None:
+            write_png(tmp / f"{name}.png", out[name])
+    if out["boxes"] is not None:
+        (tmp / "boxes.txt").write_text(boxes_text(out["boxes"]))
+    (tmp / "meta.json").write_text(json.dumps({"id": it.id, "view": out["view"]}))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder, None
+
+
+_JOB: tuple = ()  # (items, res, cache, lung_area) of the running conversion, inherited by forked workers
+
+
+def _convert_index(i: int):
+    items, res, cache, lung_area = _JOB
+    return i, *convert_cached(items[i], res, cache, lung_area)
+
+
+def convert_all(items: list[SourceImage], res: int, cache: Path | None, workers: int = 1, what: str = "",
+                log=print, lung_area: tuple[float, float] = (0.02, 0.95)):
+    """Yield (item, cache folder | None, converted | None) in item order; `workers` forked processes convert in
+    parallel (the readers are closures, so the processes are forked, not spawned). Reports how many conversions
+    were reused from the cache and shows progress with ETA."""
+    global _JOB
+    if not items:
+        return
+    reused = sum(1 for it in items
+                 if cache is not None and (cache / cache_key(it, res, lung_area) / "meta.json").is_file())
+    if log and reused:
+        log(f"data: {what}: {reused} of {len(items)} images already converted (reused from {cache})")
+    _JOB = (items, res, cache, lung_area)
+    results: dict[int, tuple] = {}
+    progress = bar(total=len(items), desc=f"convert {Path(what).name or what}", unit="img")
+    try:
+        if workers > 1 and len(items) - reused > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for i, folder, out in pool.imap_unordered(_convert_index, range(len(items)), chunksize=4):
+                    results[i] = (folder, out)
+                    progress.update()
+        else:
+            for i in range(len(items)):
+                results[i] = _convert_index(i)[1:]
+                progress.update()
+    finally:
+        progress.close()
+        _JOB = ()
+    for i, it in enumerate(items):
+        yield it, *results.pop(i)
+
+
+def add_converted(writer: DatasetWriter, it: SourceImage, folder: Path | None, out: dict | None) -> None:
+    """One manifest row (and its files, hard-linked from the cache when there is one) in `writer`."""
+    row = empty_row(id=it.id, split=it.split, domain=it.domain, patient_id=it.patient_id, source=it.source)
+    if folder is not None:
+        row["view"] = json.loads((folder / "meta.json").read_text())["view"]
+        for column, sub, name in (("image", "images", "image.png"), ("lung_mask", "lung_masks", "lung.png"),
+                                  ("opacity_mask", "opacity_masks", "opacity.png"), ("boxes", "boxes", "boxes.txt")):
+            if (folder / name).is_file():
+                row[column] = writer.link(sub, f"{it.id}{Path(name).suffix}", folder / name)
     else:
-        splits = patient_splits([it.patient_id for it in items if it.split is None], p.seed, p.val_fraction,
-                                p.test_fraction)
-        by_patient = {}
-        for it in items:
-            split = it.split or splits[it.patient_id]
-            if by_patient.setdefault(it.patient_id, split) != split:
-                raise DataError(f"{what}: patient {it.patient_id} is in both {by_patient[it.patient_id]} and {split} "
-                                "(the official split must be patient-disjoint; fix the split file)")
-    res = p.resolution
+        row["view"] = out["view"]
+        row["image"] = writer.png("images", f"{it.id}.png", out["image"])
+        if out["lung"] is not None:
+            row["lung_mask"] = writer.png("lung_masks", f"{it.id}.png", out["lung"])
+        if out["opacity"] is not None:
+            row["opacity_mask"] = writer.png("opacity_masks", f"{it.id}.png", out["opacity"])
+            row["boxes"] = writer.text("boxes", f"{it.id}.txt", boxes_text(out["boxes"]))
+    for name in it.labels:
+        row[f"label_{name}"] = 1
+    writer.add_row(row)
+
+
+def lung_area(p: DataParams) -> tuple[float, float]:
+    return p.lung_area_min, p.lung_area_max
+
+
+def write_images(target: Path, items: list[SourceImage], p: DataParams, eval_only: bool = False,
+                 what: str = "source", cache: Path | None = None, log=None) -> dict:
+    """Convert and write `items` as one canonical dataset (atomically)."""
+    items = assign_splits(items, p, eval_only, what)
     with DatasetWriter(target) as writer:
-        for it in sorted(items, key=lambda it: it.id):
-            image = it.read()
-            row = empty_row(id=it.id, split="test" if eval_only else (it.split or splits[it.patient_id]),
-                            domain=it.domain, patient_id=it.patient_id, source=it.source,
-                            view=it.view or (it.view_from() if it.view_from else ""))
-            pixels = np.round(resize_square(image, res) * 255).astype(np.uint8)
-            row["image"] = writer.png("images", f"{it.id}.png", pixels)
-            if it.lung is not None:
-                lung = it.lung()
-                _check_aspect(lung, image.shape, it.lung_file, it.id)
-                _check_lung_area(lung, it.lung_file, it.id)
-                row["lung_mask"] = writer.png("lung_masks", f"{it.id}.png", resize_square(lung, res) >= 0.5)
-            opacity = None
-            if it.opacity is not None:
-                mask = it.opacity()
-                _check_aspect(mask, image.shape, it.opacity_file, it.id)
-                opacity = resize_square(mask, res) >= 0.5
-                boxes = boxes_from_mask(opacity)
-            elif it.boxes_px is not None:
-                h, w = image.shape
-                b = it.boxes_px
-                boxes = np.stack([np.zeros(len(b)), (b[:, 0] + b[:, 2] / 2) / w, (b[:, 1] + b[:, 3] / 2) / h,
-                                  b[:, 2] / w, b[:, 3] / h], 1).astype(np.float32).reshape(-1, 5)
-                boxes[:, 1:] = np.clip(boxes[:, 1:], 0, 1)
-                opacity = np.zeros((res, res), bool)
-                for _, cx, cy, bw, bh in boxes:
-                    x0, x1 = int(np.floor((cx - bw / 2) * res)), int(np.ceil((cx + bw / 2) * res))
-                    y0, y1 = int(np.floor((cy - bh / 2) * res)), int(np.ceil((cy + bh / 2) * res))
-                    opacity[max(0, y0):y1, max(0, x0):x1] = True
-            if opacity is not None:
-                row["opacity_mask"] = writer.png("opacity_masks", f"{it.id}.png", opacity)
-                row["boxes"] = writer.text("boxes", f"{it.id}.txt", boxes_text(boxes))
-            for name in it.labels:
-                row[f"label_{name}"] = 1
-            writer.add_row(row)
+        for it, folder, out in convert_all(items, p.resolution, cache, p.workers or 1, what, log, lung_area(p)):
+            add_converted(writer, it, folder, out)
     return {"images": len(items)}
 
 
@@ -334,6 +473,7 @@ def rsna_items(p: DataParams) -> list[SourceImage]:
     images = root / "stage_2_train_images"
     if not images.is_dir():
         raise DataError(f"{images}: folder not found (the RSNA DICOMs go there; see pipeline/data/README.md)")
+    masks = _folder(p.rsna_lung_masks, "rsna_lung_masks") if p.rsna_lung_masks else None
     items = []
     for pid in sorted(set(labels["patientId"])):
         if pid not in class_of:
@@ -350,10 +490,13 @@ def rsna_items(p: DataParams) -> list[SourceImage]:
             found = np.array(boxes.get(pid, []), np.float32).reshape(-1, 4)  # normal: known empty
         else:
             found = None  # 'Not Normal' counted as opacity: no boxes drawn, the opacity mask is unknown
-        items.append(SourceImage(id=f"rsna-{pid}", patient_id=pid, domain=domain, source="rsna", view="",
-                                 read=lambda path=path: read_dicom(path), boxes_px=found,
+        items.append(SourceImage(id=f"rsna-{safe_id(pid)}", patient_id=pid, domain=domain, source="rsna", view="",
+                                 read=lambda path=path: read_dicom(path), boxes_px=found, file=str(path),
                                  view_from=lambda path=path: dicom_view(path),
                                  labels=("Pneumonia",) if class_of[pid] == "Lung Opacity" else ()))
+        if masks is not None and (masks / f"{pid}.png").is_file():  # optional, e.g. for the test images only
+            items[-1].lung = lambda m=masks / f"{pid}.png": read_mask(m)
+            items[-1].lung_file = str(masks / f"{pid}.png")
     return items
 
 
@@ -431,8 +574,9 @@ def mimic_items(p: DataParams, studies: set[str] | None = None, dicoms: set[str]
         path = root / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{r['study_id']}" / f"{r['dicom_id']}.jpg"
         if not path.is_file():
             continue  # a partial download: only the images present are used
-        item = SourceImage(id=f"mimic-{r['dicom_id']}", patient_id=f"p{sid}", domain=domain, source="mimic",
+        item = SourceImage(id=f"mimic-{safe_id(r['dicom_id'])}", patient_id=f"p{sid}", domain=domain, source="mimic",
                            view=r["ViewPosition"], read=lambda path=path: read_picture(path), labels=positive,
+                           file=str(path),
                            split={"train": "train", "validate": "val", "test": "test"}.get(split_of.get(r["dicom_id"])))
         if masks is not None:
             mask_path = masks / f"{r['dicom_id']}.png"
@@ -446,8 +590,8 @@ def mimic_items(p: DataParams, studies: set[str] | None = None, dicoms: set[str]
     return items
 
 
-def write_mimic_ards(p: DataParams, target: Path) -> dict:
-    """data/ards-like from the user's ARDS list (study_id or dicom_id column) and lung-mask folder."""
+def mimic_ards_items(p: DataParams) -> list[SourceImage]:
+    """The images of the user's ARDS list (study_id or dicom_id column), with their lung masks."""
     list_path = Path(p.mimic_ards_studies).expanduser()
     if not list_path.is_file():
         raise DataError(f"params.yaml: data.mimic_ards_studies: {list_path} not found (a CSV with a study_id or "
@@ -469,7 +613,12 @@ def write_mimic_ards(p: DataParams, target: Path) -> dict:
                         f"({', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}): not in the metadata, no CheXpert "
                         "row, labels dropped by data.mimic_uncertain/mimic_blank, or the JPG is missing; complete the "
                         "download or remove them from the list")
-    return write_images(target, items, p, eval_only=True, what=str(list_path))
+    return items
+
+
+def write_mimic_ards(p: DataParams, target: Path) -> dict:
+    """data/ards-like from the ARDS list and lung-mask folder."""
+    return write_images(target, mimic_ards_items(p), p, eval_only=True, what=p.mimic_ards_studies)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -489,15 +638,16 @@ def jsrt_items(p: DataParams) -> list[SourceImage]:
     items = []
     for f in files:
         stem = f.stem
-        item = SourceImage(id=f"jsrt-{stem}", patient_id=stem, domain="normal", source="jsrt", view="PA",
-                           read=lambda f=f: read_jsrt_img(f), labels=("Nodule",) if stem.startswith("JPCLN") else ())
+        item = SourceImage(id=f"jsrt-{safe_id(stem)}", patient_id=stem, domain="normal", source="jsrt", view="PA",
+                           read=lambda f=f: read_jsrt_img(f), labels=("Nodule",) if stem.startswith("JPCLN") else (),
+                           file=str(f))
         if p.scr_dir:
             sides = scr.get(stem, {})
             if len(sides) != 2:
                 raise DataError(f"{p.scr_dir}: SCR masks 'left lung/{stem}.gif' and 'right lung/{stem}.gif' not both "
                                 "found (complete the SCR folder or leave data.scr_dir empty)")
             item.lung = lambda s=sides: read_mask(s["left lung"]) | read_mask(s["right lung"])
-            item.lung_file = str(sides["left lung"])
+            item.lung_file, item.extra_files = str(sides["left lung"]), (str(sides["right lung"]),)
         items.append(item)
     return items
 
@@ -522,14 +672,14 @@ def tb_items(p: DataParams, name: str) -> list[SourceImage]:
             masks = [root / "ManualMask" / side / f.name for side in ("leftMask", "rightMask")]
         else:
             masks = [root / "mask" / f"{f.stem}_mask.png"]
-        item = SourceImage(id=f"{name}-{f.stem}", patient_id=f.stem, domain="opacity" if tb else "normal",
-                           source=name, view="PA", read=lambda f=f: read_picture(f))
+        item = SourceImage(id=f"{name}-{safe_id(f.stem)}", patient_id=f.stem, domain="opacity" if tb else "normal",
+                           source=name, view="PA", read=lambda f=f: read_picture(f), file=str(f))
         present = [m for m in masks if m.is_file()]
         if present:
             if len(present) != len(masks):
                 raise DataError(f"{masks[len(present)]}: lung mask missing while its other half exists (add it)")
             item.lung = lambda ms=masks: np.logical_or.reduce([read_mask(m) for m in ms])
-            item.lung_file = str(masks[0])
+            item.lung_file, item.extra_files = str(masks[0]), tuple(str(m) for m in masks[1:])
         items.append(item)
     return items
 
@@ -591,10 +741,9 @@ def folder_items(p: DataParams) -> list[SourceImage]:
             raise DataError(f"{labels_csv}: row {row + 2}: image {r[key]!r} not found in {images_dir} (add it or "
                             "remove the row)")
         stem = f.stem
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", stem):
-            raise DataError(f"{f}: file name with characters other than letters, digits, '.', '_', '-' (rename it)")
-        item = SourceImage(id=stem, patient_id=r.get("patient_id") or stem, domain=r["domain"], source="folder",
-                           split=(r.get("split") or None), read=lambda f=f: read_picture(f),
+        item = SourceImage(id=safe_id(stem), patient_id=r.get("patient_id") or stem, domain=r["domain"],
+                           source="folder", split=(r.get("split") or None), read=lambda f=f: read_picture(f),
+                           file=str(f),
                            labels=tuple(name for column, name in label_names.items() if r[column] == "1"))
         for folder, attr in (("masks", "lung"), ("opacity_masks", "opacity")):
             candidates = [root / folder / f"{stem}{s}" for s in (".png", ".gif", ".jpg")]
@@ -606,19 +755,25 @@ def folder_items(p: DataParams) -> list[SourceImage]:
     return items
 
 
-def write_source(p: DataParams, name: str, target: Path, eval_only: bool = False) -> dict:
-    """Write the dataset of source `name` (rsna, mimic, jsrt, montgomery, shenzhen, folder) to `target`."""
+SOURCES = ("rsna", "mimic", "jsrt", "montgomery", "shenzhen", "folder")
+
+
+def source_items(p: DataParams, name: str) -> list[SourceImage]:
+    """Every usable image of source `name` (no pixel is read: a plan that `cxrbench check` can inspect)."""
     if name == "rsna":
-        items = rsna_items(p)
-    elif name == "mimic":
-        items = mimic_items(p)
-    elif name == "jsrt":
-        items = jsrt_items(p)
-    elif name in ("montgomery", "shenzhen"):
-        items = tb_items(p, name)
-    elif name == "folder":
-        items = folder_items(p)
-    else:
-        raise DataError(f"params.yaml: data.source: unknown source {name!r}; use one of rsna, mimic, jsrt, montgomery, "
-                        "shenzhen, folder, drr")
-    return write_images(target, items, p, eval_only=eval_only, what=getattr(p, f"{name}_dir", name))
+        return rsna_items(p)
+    if name == "mimic":
+        return mimic_items(p)
+    if name == "jsrt":
+        return jsrt_items(p)
+    if name in ("montgomery", "shenzhen"):
+        return tb_items(p, name)
+    if name == "folder":
+        return folder_items(p)
+    raise DataError(f"params.yaml: data.source: unknown source {name!r}; use one of {', '.join(SOURCES)}, drr")
+
+
+def write_source(p: DataParams, name: str, target: Path, eval_only: bool = False, cache: Path | None = None) -> dict:
+    """Write the dataset of source `name` (rsna, mimic, jsrt, montgomery, shenzhen, folder) to `target`."""
+    return write_images(target, source_items(p, name), p, eval_only=eval_only,
+                        what=getattr(p, f"{name}_dir", name), cache=cache)

@@ -241,6 +241,15 @@ class DatasetWriter:
         full.write_text(text)
         return rel
 
+    def link(self, folder: str, name: str, source: Path) -> str:
+        """folder/name as a hard link to `source` (a cached conversion; a copy where links are impossible)."""
+        full, rel = self.path(folder, name)
+        try:
+            os.link(source, full)
+        except OSError:
+            shutil.copyfile(source, full)
+        return rel
+
     def add_row(self, row: dict) -> None:
         self.rows.append(row)
 

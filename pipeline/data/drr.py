@@ -41,10 +41,11 @@ from pipeline.data.render import (
     sample_patient,
 )
 
-DATASETS = {"drr": 1, "ards-like": 2, "jsrt-like": 3}
+DATASETS = {"drr": 1, "ards-like": 2, "jsrt-like": 3, "drr-aux": 4}  # drr-aux: DRR images for a role set
+# (segmenter_sources / detector_sources: drr) when the translation training set comes from an adapter
 SPLITS = {"train": 1, "val": 2, "test": 3}
 DOMAINS = {"opacity": 1, "normal": 2}
-KINDS = {"drr": "pa", "ards-like": "ap", "jsrt-like": "film"}  # geometry + detector of each dataset
+KINDS = {"drr": "pa", "ards-like": "ap", "jsrt-like": "film", "drr-aux": "pa"}  # geometry + detector of each dataset
 OPACITY_MIN_MM = 3.0  # a ray is in the opacity mask when it crosses at least this much of an opacity finding
 
 
@@ -58,7 +59,7 @@ class PatientSpec:
 
     @property
     def patient_id(self) -> str:
-        prefix = {"drr": "drr", "ards-like": "ards", "jsrt-like": "jsrt"}[self.dataset]
+        prefix = {"drr": "drr", "ards-like": "ards", "jsrt-like": "jsrt", "drr-aux": "drraux"}[self.dataset]
         return f"{prefix}-{self.split}-{self.domain[0]}{self.index:05d}"
 
     def entropy(self, *more: int) -> list[int]:

@@ -50,6 +50,8 @@ class DataParams:
     rsna_dir: str = param("", doc="RSNA Pneumonia Detection Challenge folder (stage_2_train_images/, CSVs)")
     rsna_not_normal: Literal["exclude", "normal", "opacity"] = param(
         "exclude", doc="RSNA class 'No Lung Opacity / Not Normal': left out (paper), or counted in a domain")
+    rsna_lung_masks: str = param("", doc="optional folder of lung masks <patientId>.png for RSNA images (the "
+                                         "test images' masks let the rsna_like segmentation rows be computed)")
     mimic_dir: str = param("", doc="MIMIC-CXR-JPG folder (files/, mimic-cxr-2.0.0-{metadata,chexpert,split}.csv)")
     mimic_views: list[str] = param(default_factory=lambda: ["PA", "AP"], doc="ViewPosition values kept")
     mimic_uncertain: Literal["negative", "positive", "exclude"] = param(
@@ -69,8 +71,27 @@ class DataParams:
     tb_domain: Literal["opacity", "exclude"] = param(
         "opacity", source="assumed", doc="Montgomery/Shenzhen tuberculosis images (file name ending _1)")
     folder_dir: str = param("", doc="plain folder: images/, masks/ (lung), opacity_masks/ (optional), labels.csv")
+    # --- roles: which source trains what (the translation training set is `source`; see pipeline/data/README.md) ---
+    segmenter_sources: list[str] = param(
+        default_factory=lambda: ["train"], choices=("train", "drr", "jsrt", "montgomery", "shenzhen", "folder"),
+        doc="lung-mask sets the segmenters train on, written together as data/seg-train: train = the normal images "
+            "of the translation training set (data/drr) with their lung masks; drr = the same when source is drr; "
+            "jsrt (needs scr_dir), montgomery, shenzhen, folder = every image of that set with a lung mask (a "
+            "patient split by seed: its test split measures the segmenters' competence)")
+    detector_sources: list[str] = param(
+        default_factory=lambda: ["train"], choices=("train", "drr", "rsna", "folder"),
+        doc="box sets the YOLO lesion detector trains on, written together as data/det-train: train = the "
+            "train/val images of the translation training set (needs boxes: drr, rsna, folder with opacity masks); "
+            "rsna, folder = that set's train/val images")
+    drop_eval_patients: bool = param(
+        False, doc="drop from every training set (translation, segmenters, detector) the patients that are in an "
+                   "evaluation set (ards_like, jsrt_like); false = such an overlap is an error of `cxrbench check`")
     val_fraction: float = param(0.1, min=0.0, max=0.5, doc="patient fraction for val where a source has no split")
     test_fraction: float = param(0.2, min=0.0, max=0.8, doc="patient fraction for test where a source has no split")
+    lung_area_min: float = param(0.02, min=0.0, max=1.0, source="assumed",
+                                 doc="a lung mask covering less of its image is refused (empty / speck / wrong file)")
+    lung_area_max: float = param(0.95, min=0.0, max=1.0, source="assumed",
+                                 doc="a lung mask covering more of its image is refused (inverted / all white)")
     max_images: int = param(0, min=0, doc="adapters: keep at most this many images per domain (0 = all)")
 
     def validate(self, where: str) -> None:
@@ -82,5 +103,14 @@ class DataParams:
         if self.source in needed and not getattr(self, needed[self.source]):
             raise ConfigError(f"{where}.{needed[self.source]}: must name the {self.source} folder when "
                               f"data.source is {self.source!r} (see pipeline/data/README.md)")
+        for key in ("segmenter_sources", "detector_sources"):
+            for name in getattr(self, key):
+                if name in needed and not getattr(self, needed[name]):
+                    raise ConfigError(f"{where}.{needed[name]}: must name the {name} folder when data.{key} lists "
+                                      f"{name!r} (see pipeline/data/README.md)")
+            if len(set(getattr(self, key))) != len(getattr(self, key)):
+                raise ConfigError(f"{where}.{key}: lists a source twice; name each once")
+            if not getattr(self, key):
+                raise ConfigError(f"{where}.{key}: empty; name at least one source (default: [train])")
         if self.mimic_ards_studies and not self.mimic_dir:
             raise ConfigError(f"{where}.mimic_dir: must name the MIMIC-CXR-JPG folder when mimic_ards_studies is set")
