@@ -226,3 +226,22 @@ def test_file_names_with_spaces_get_the_same_id_rule_in_every_adapter(tmp_path):
     ids = {it.id for it in tb_items(DataParams(montgomery_dir=str(tmp_path / "mc")), "montgomery")}
     assert "montgomery-MCUCXR_0001_0" in ids
     assert safe_id("a b(1).png") == "a_b_1_.png" and safe_id("JPCLN001") == "JPCLN001"
+
+
+def test_bench_data_measures_each_format_and_extrapolates(tmp_path):
+    """`cxrbench bench-data` on a tiny run: every format converted per worker count and once resumed; the
+    extrapolation is images / measured rate."""
+    from types import SimpleNamespace
+
+    from pipeline.app.bench_data import FULL, run_data_bench
+
+    r = run_data_bench(SimpleNamespace(rsna=4, mimic=2, jsrt=2, resolution=32, workers="1,2", work=str(tmp_path / "w"),
+                                       out=str(tmp_path / "out")))
+    assert json.loads((tmp_path / "out" / "data-conversion.json").read_text()) == r
+    runs = {(x["source"], x["workers"], bool(x.get("resumed"))): x for x in r["runs"]}
+    assert {k[0] for k in runs} == {"rsna", "mimic", "jsrt"}
+    assert runs[("rsna", 1, False)]["images"] == 4 and runs[("jsrt", 2, True)]["images"] == 2
+    for name, e in r["extrapolated"].items():
+        assert e["hours_one_core"] == pytest.approx(FULL[name] / r["images_per_s_per_core"][e["rate_from"]] / 3600,
+                                                    abs=0.006)
+    assert (tmp_path / "out" / "data-conversion.md").read_text().startswith("# Real-data conversion throughput")

@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "extrapolation to full RSNA and MIMIC-CXR-JPG.")
     s.add_argument("--rsna", type=int, default=2000, help="RSNA-format DICOMs to write (default 2000)")
     s.add_argument("--jsrt", type=int, default=247, help="JSRT .IMG files to write (default 247, the full set)")
+    s.add_argument("--mimic", type=int, default=200, help="MIMIC-CXR-JPG JPEGs (3056 x 2544) to write (default 200)")
     s.add_argument("--resolution", type=int, default=512, help="output side in px (default 512, the paper's)")
     s.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     s.add_argument("--work", default="/tmp/cxrbench-bench-data", help="folder for the fixtures (kept for reruns)")
