@@ -1,7 +1,8 @@
 """Lesion counts before and after translation with a YOLOv5 detector (eval/README.md; paper Figure 6).
 
 The detector (ultralytics 8.4, built from `yolov5n.yaml` / `yolov5s.yaml` without weights, or from a local .pt the
-user names) is trained once on the opacity boxes of data/drr (train split; val split for validation; normal images
+user names) is trained once on the opacity boxes of data/det-train (data.detector_sources; default the train/val
+images of data/drr; train split for training, val split for validation; normal images
 are background images with empty label files; every box class is mapped to 0 = "opacity"). Then it counts the boxes
 it finds (confidence >= eval.det_conf) on each original and each translated image; the paired counts go to a
 Wilcoxon signed-rank test (eval/stats.py) and to box plots (eval/plots.py).

@@ -1,8 +1,9 @@
 """Lung segmentation before and after translation (eval/README.md; paper Table 1 and the per-segmenter table).
 
 Four segmenters: PSPNet and U-Net (ResNet-34 encoder), a VGG16-BN U-Net (segmentation-models-pytorch, no pretrained
-weights, 1 input channel) and CE-Net (eval/cenet.py). Each is trained once on the lung masks of the *normal* training
-images of data/drr (a segmenter that has seen clean lungs: opacities are what makes it fail), then applied to the
+weights, 1 input channel) and CE-Net (eval/cenet.py). Each is trained once on the lung masks of data/seg-train
+(data.segmenter_sources; by default the *normal* training images of data/drr: a segmenter that has seen clean lungs,
+opacities are what makes it fail; with real data e.g. Montgomery + Shenzhen), then applied to the
 original and the translated images of each evaluation set.
 
 Which images: the opacity images of an evaluation set when it has any (rsna_like, ards_like), else all of them

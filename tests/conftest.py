@@ -67,6 +67,14 @@ def cli_env(extra: dict | None = None) -> dict:
     return env
 
 
+def run_checked(args, cwd, env, check=True, timeout=1500) -> subprocess.CompletedProcess:
+    """A command in a copied project; a failure shows the tail of both streams."""
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
 def ready(translator, iterations: int = 10):
     """A translator ready for `train_step` outside the engine: its optimizers made (kept on it, as the contract
     says) and the one-process CPU step context that the engine would hand it."""

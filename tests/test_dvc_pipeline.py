@@ -4,21 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
 
 import pytest
 import yaml
 
-from conftest import cli_env, copy_project
+from conftest import cli_env, copy_project, run_checked
 
 pytestmark = pytest.mark.slow
 
 
-def _run(args, cwd, env, check=True, timeout=1500):
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
+_run = run_checked
 
 
 def _ran(output: str) -> set[str]:
