@@ -351,7 +351,9 @@ def figure6(inp: Inputs, out: Path) -> Path:
                 labels.append(f"{display_name(inp, m)}\n{_p_text(dig(entry, 'wilcoxon_seed_mean', 'p_greater'))}")
                 colors.append("#d62728" if m == "ours" else "#1f77b4")
             if base is None:
-                _note(ax, f"no lesion counts for {s}: run `dvc repro evaluate@<model>` (needs the detector)", 40)
+                off = dig(inp.read("lesions", ORIGINAL), "not_evaluated")
+                _note(ax, off or f"no lesion counts for {s}: run `dvc repro evaluate@<model>` (needs the detector)",
+                      40)
                 ax.set_title(SET_NAMES.get(s, s))
                 continue
             data.insert(0, np.asarray(base["counts"]["original"], float))

@@ -251,7 +251,13 @@ def competence_rows(inp: Inputs) -> list[dict[str, Any]]:
             "no AUROC in metrics/classifiers/original.json: run `dvc repro classifiers`")
     dtj = inp.model_json("models/detector/detector.json")
     add("detector", "lesion counts (Figure 6)", dig(dtj, "val_metrics", "metrics/mAP50(B)"), ev.floor_detector_map50,
-        "mAP50 on the opacity validation images", "missing models/detector/detector.json: run `dvc repro detector`")
+        "mAP50 on the opacity validation images", (dtj or {}).get("not_evaluated") or
+        "missing models/detector/detector.json: run `dvc repro detector`")
+    sgj_missing = not sgj or not sgj.get("competence")
+    if sgj_missing and sgj:  # trained, but no held-out image with a lung mask to measure them on
+        for r in rows:
+            if r["evaluator"].startswith("segmenter") and r["value"] is None:
+                r["status"] = "not measured: no held-out image with a lung mask (see `cxrbench check`)"
     return rows
 
 
@@ -356,8 +362,9 @@ def seg_cells(inp: Inputs, model: str) -> tuple[dict[str, Any], str]:
         row[f"{s}_miou_delta_p"] = dig(ci, "delta_miou", "wilcoxon_p_two_sided")
     ok, why = competent(inp, "segmenter")
     row["segmenters_competent"] = ok
-    if not ok and data is not None:
-        row["_text"].update({f"{s}_{x}": why for s in paper.SEG_SETS for x in ("miou_delta", "miou", "sensitivity")})
+    if not ok and data is not None:  # a set that was not evaluated keeps its reason (there is no number to gate)
+        row["_text"].update({f"{s}_{x}": why for s in paper.SEG_SETS for x in ("miou_delta", "miou", "sensitivity")
+                             if not dig(data, "not_evaluated", s)})
     return row, status
 
 

@@ -150,3 +150,36 @@ def test_paired_stage(project):
     assert "mask_auroc" not in nomask["sets"]["rsna_like"]["opacity"]["per_seed"]["0"]
     original = stages.run_paired(params, "original", root=project)
     assert original["sets"]["rsna_like"]["opacity"]["before"] == seed0["before"]
+
+
+def test_switched_off_evaluations_say_why_in_the_metrics_and_the_tables(project, tmp_path):
+    """eval.switched_off: segment:<set> skips that set (the others are scored), lesions skips the detector and the
+    counts; each metric file carries the reason and Table 1 / the lesion table print it instead of a number."""
+    import shutil
+
+    from pipeline.app import evaluate as stages
+    from reports.inputs import Inputs
+    from reports.tables import table1, table_lesions
+
+    root = tmp_path / "proj"
+    shutil.copytree(project, root, symlinks=True)
+    shutil.rmtree(root / "metrics", ignore_errors=True)
+    params = make_params()
+    params.eval.switched_off = ["segment:jsrt_like", "lesions"]
+    stages.run_segmenters(params, root=root)
+    res = stages.run_segment(params, "toy", root=root)
+    assert set(res["sets"]) == {"rsna_like", "ards_like"}
+    assert res["not_evaluated"]["jsrt_like"].startswith("not evaluated: no lung masks for jsrt_like")
+    det = stages.run_detector_training(params, root=root)
+    assert "switched off" in det["not_evaluated"] and not (root / "models" / "detector" / "detector.pt").exists()
+    les = stages.run_lesions(params, "toy", root=root)
+    assert les["sets"] == {} and les["not_evaluated"].startswith("not evaluated: no detector")
+    inp = Inputs(params, root)
+    row = next(r for r in table1(inp).rows if r["model"] == "toy")
+    assert row["_text"]["jsrt_like_miou"].startswith("not evaluated") and row.get("rsna_like_miou") is not None
+    lesion_rows = [r for r in table_lesions(inp).rows if r["model"] == "toy"]
+    assert lesion_rows and all(r["status"].startswith("not evaluated: no detector") for r in lesion_rows)
+    from reports.tables import competence_rows
+
+    detector = next(r for r in competence_rows(inp) if r["evaluator"] == "detector")
+    assert detector["value"] is None and "switched off" in detector["status"] and not detector["passed"]
