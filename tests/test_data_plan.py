@@ -245,3 +245,29 @@ def test_bench_data_measures_each_format_and_extrapolates(tmp_path):
         assert e["hours_one_core"] == pytest.approx(FULL[name] / r["images_per_s_per_core"][e["rate_from"]] / 3600,
                                                     abs=0.006)
     assert (tmp_path / "out" / "data-conversion.md").read_text().startswith("# Real-data conversion throughput")
+
+
+def test_paper_real_profile_resolves_and_check_names_each_placeholder_path(tmp_path, sources, capsys):
+    """The paper's setup as a profile: it validates as written; `cxrbench check` names the first placeholder folder;
+    with every path pointing at real-format data, the plan passes with the paper's roles."""
+    from pipeline.config import write_profile
+
+    path = write_profile("paper-real", tmp_path / "params.yaml")
+    params = yaml.safe_load(path.read_text())
+    assert params["data"]["source"] == "rsna" and params["data"]["segmenter_sources"] == ["montgomery", "shenzhen"]
+    assert params["methods"]["cyclegan"]["ngf"] == 64  # the paper's (official) widths
+    msg = cli_error(["--params", str(path), "check"], capsys)
+    assert "data.rsna_dir" in msg and "/data/rsna-pneumonia" in msg, msg
+    shenzhen = tmp_path / "shenzhen"
+    write_montgomery_set(shenzhen, 6)  # the Shenzhen layout differs: CXR_png/ + mask/<stem>_mask.png
+    for f in (shenzhen / "CXR_png").glob("*.png"):
+        f.rename(f.with_name(f.name.replace("MCUCXR", "CHNCXR")))
+    (shenzhen / "mask").mkdir()
+    for f in (shenzhen / "ManualMask" / "leftMask").glob("*.png"):
+        f.rename(shenzhen / "mask" / f"{f.stem.replace('MCUCXR', 'CHNCXR')}_mask.png")
+    params["data"].update({k: v for k, v in sources.items() if not k.startswith("mimic_shared")},
+                          shenzhen_dir=str(shenzhen), test_fraction=0.3)
+    params["tracking"]["enabled"] = False
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _check_ok(path, capsys)
+    assert "data plan OK" in out and "montgomery+shenzhen" in out, out
