@@ -27,7 +27,7 @@ from pipeline.data.adapters import add_converted, convert_all, lung_area
 from pipeline.data.canonical import LABEL_COLUMNS, NIH14, DatasetWriter, boxes_text, empty_row, read_manifest
 from pipeline.data.drr import Case, PatientSpec, Settings, plan, render_patient, resolve_device
 from pipeline.data.params import DataParams
-from pipeline.data.plan import DATASETS, ROLE_SETS, DatasetPlan, validate
+from pipeline.data.plan import DATASETS, ROLE_SETS, DatasetPlan, role_takes, validate
 from pipeline.data.sheet import contact_sheet, dataset_sheet_rows
 from pipeline.io import atomic_write
 
@@ -207,14 +207,8 @@ def _link_rows(writer: DatasetWriter, source: Path, keep) -> int:
 
 
 def _role_keep(segmenters: bool):
-    """The rows a role set takes from a written dataset: the segmenters its normal train/val images with lung
-    masks (clean lungs), the detector every train/val image (normal ones are background)."""
-    def keep(row) -> bool:
-        if row["split"] not in ("train", "val"):
-            return False
-        return (row["domain"] == "normal" and bool(row["lung_mask"])) if segmenters else True
-
-    return keep
+    """plan.role_takes on manifest rows."""
+    return lambda row: role_takes(segmenters, row["split"], row["domain"], bool(row["lung_mask"]))
 
 
 def write_default_role_sets(data_root: Path) -> None:

@@ -68,18 +68,23 @@ def drr_groups(p: DataParams) -> dict[tuple[str, str], int]:
     return {k: v for k, v in groups.items() if v > 0}
 
 
-def _role_part(name: str, parent: DatasetPlan, for_segmenters: bool) -> Group:
-    """What a role set takes from a written dataset: segmenters the normal train/val images with lung masks (clean
-    lungs), the detector every train/val image (normal ones are background)."""
+def role_takes(segmenters: bool, split: str, domain: str, has_lung: bool) -> bool:
+    """What a role set takes from a written dataset: the segmenters its normal train/val images with lung masks
+    (clean lungs: opacities are what makes them fail), the detector every train/val image (normals = background)."""
+    if split not in ("train", "val"):
+        return False
+    return domain == "normal" and has_lung if segmenters else True
+
+
+def _role_part(parent: DatasetPlan, for_segmenters: bool) -> Group:
+    """The counts of what role_takes selects from `parent`."""
     full = parent.table()
     g = Group()
     for key, n in full.counts.items():
         split, domain = key
-        if split not in ("train", "val") or (for_segmenters and domain != "normal"):
-            continue
-        if for_segmenters:  # only the images with a lung mask
-            n = full.lung[key]
-        g.counts[key], g.lung[key], g.boxes[key] = n, min(n, full.lung[key]), full.boxes[key]
+        taken = full.lung[key] if for_segmenters else n  # the segmenters take only the images with a lung mask
+        if taken and role_takes(for_segmenters, split, domain, has_lung=full.lung[key] > 0):
+            g.counts[key], g.lung[key], g.boxes[key] = taken, min(taken, full.lung[key]), full.boxes[key]
     return g
 
 
@@ -111,9 +116,9 @@ def build_plan(p: DataParams) -> dict[str, DatasetPlan]:
         ds = DatasetPlan(name, "segmenter training set" if segmenters else "detector training set", "+".join(sources))
         for source in sources:
             if source == "train" or (source == "drr" and p.source == "drr"):
-                part = _role_part(name, plan["drr"], segmenters)
+                part = _role_part(plan["drr"], segmenters)
             elif source == "drr":
-                part = _role_part(name, aux, segmenters)
+                part = _role_part(aux, segmenters)
             else:
                 items = assign_splits(source_items(p, source), p, what=_where(p, source))
                 if segmenters:  # images without a lung mask cannot train a segmenter (Shenzhen: part of the set)
