@@ -1,7 +1,8 @@
 """Where the evaluators read from: the evaluation sets in data/ and a model's translations in outputs/.
 
-Evaluation sets (pipeline.layout.EVAL_SETS): rsna_like = data/drr test split (both domains), ards_like =
-data/ards-like (opacity only), jsrt_like = data/jsrt-like (normal only). Translations: outputs/<model>/seed<k>/
+Evaluation sets (Layout.eval_sets): rsna_like = data/drr test split (both domains), ards_like =
+data/ards-like (opacity only), jsrt_like = data/jsrt-like (normal only), and the user-named sets of
+data.extra_eval_sets = data/extra/<name> (all their images). Translations: outputs/<model>/seed<k>/
 index.csv (columns eval_set, dataset, id, domain, direction, image, mask; paths relative to that folder).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from PIL import Image
 
 from pipeline.data import canonical  # module attributes, so tests can stand in for the readers
 from pipeline.errors import CxrbenchError
-from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout
+from pipeline.layout import TRAIN_DATASET, Layout
 
 ORIGINAL = "original"  # the model name of the untranslated rows
 EXTERNAL_FILE = "external.json"  # in outputs/<name>/seed0/ of a row imported by `cxrbench evaluate --images`
@@ -47,9 +48,10 @@ def cap_rows(df: pd.DataFrame, max_images: int) -> pd.DataFrame:
 
 def eval_rows(layout: Layout, eval_set: str, max_images: int = 0) -> tuple[Path, pd.DataFrame]:
     """(dataset dir, rows of the set's split) of one evaluation set, capped per domain."""
-    if eval_set not in EVAL_SETS:
-        raise EvalError(f"unknown evaluation set {eval_set!r}; known: {', '.join(EVAL_SETS)}")
-    dataset, split = EVAL_SETS[eval_set]
+    sets = layout.eval_sets()
+    if eval_set not in sets:
+        raise EvalError(f"unknown evaluation set {eval_set!r}; known: {', '.join(sets)}")
+    dataset, split = sets[eval_set]
     ds = layout.dataset(dataset)
     df = _manifest(ds)
     return ds, cap_rows(df[df["split"] == split], max_images)
@@ -63,7 +65,8 @@ def scored_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def available_sets(layout: Layout) -> list[str]:
-    return [name for name, (dataset, _) in EVAL_SETS.items() if (layout.dataset(dataset) / "manifest.csv").exists()]
+    return [name for name, (dataset, _) in layout.eval_sets().items()
+            if (layout.dataset(dataset) / "manifest.csv").exists()]
 
 
 def is_external(layout: Layout, model: str) -> bool:

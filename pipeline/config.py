@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.data.params import DataParams  # the data package owns its section
+from pipeline.data.params import PAPER_EVAL_SETS, DataParams  # the data package owns its section
 from pipeline.eval_params import EvalParams  # eval/ owns its section
 from pipeline.errors import suggest
 from pipeline.offline import PROJECT_ROOT
@@ -137,6 +137,11 @@ class Params:
                     raise ConfigError(f"{where}.methods.{self.models[name].method}.batch_size: {batch} images per "
                                       f"domain but data.train_opacity / train_normal give {smallest}; lower the "
                                       "batch or raise the counts")
+        sets = (*PAPER_EVAL_SETS, *self.data.extra_eval_sets)
+        for entry in self.eval.switched_off:
+            if entry != "lesions" and not (entry.startswith("segment:") and entry.split(":", 1)[1] in sets):
+                raise ConfigError(f"{where}.eval.switched_off: unknown entry {entry!r}; use 'lesions' or "
+                                  f"'segment:<set>' with a set of {', '.join(sets)}")
         if "oracle" in self.eval.references and self.data.source != "drr":
             raise ConfigError(f"{where}.eval.references: 'oracle' needs the clean twin of every opacity image, which "
                               f"only the DRR benchmark has (data.source is {self.data.source!r}); remove 'oracle'")

@@ -20,8 +20,9 @@ class EvalParams:
     batch_size: int = param(32, min=1, doc="inference batch size of the evaluators")
     seed: int = param(0, min=0, doc="seed of the evaluation models' training (segmenters, detector, classifiers)")
     switched_off: list[str] = param(
-        default_factory=list, choices=("segment:rsna_like", "segment:ards_like", "segment:jsrt_like", "lesions"),
-        doc="evaluations not run because the data cannot support them (segment:<set> = no lung masks for that set; "
+        default_factory=list,
+        doc="evaluations not run because the data cannot support them (segment:<set> = no lung masks for that set: "
+            "rsna_like, ards_like, jsrt_like or a name of data.extra_eval_sets; "
             "lesions = no boxes to train the detector on); the report says 'not evaluated' and why instead of a "
             "number. `cxrbench check` names the entry to add when an evaluation lacks its inputs")
 

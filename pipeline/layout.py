@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from pipeline import registry
 from pipeline.config import Params
 from pipeline.contract import Probe
-from pipeline.data.canonical import load_images, load_masks, read_manifest
+from pipeline.data.canonical import EVAL_DATASETS, extra_dataset, extra_sets, load_images, load_masks, read_manifest
 from pipeline.engine import safe_load, to_model_range
 from pipeline.errors import CxrbenchError
 from pipeline.offline import PROJECT_ROOT
 
-# Evaluation sets: name -> (dataset folder under data/, split). The DRR data stage writes all three; real-data
-# adapters write folders of the same names (see pipeline/data/README.md).
-EVAL_SETS = {"rsna_like": ("drr", "test"), "ards_like": ("ards-like", "test"), "jsrt_like": ("jsrt-like", "test")}
+# The paper's evaluation sets: name -> (dataset folder under data/, split). The DRR data stage writes all three;
+# real-data adapters write folders of the same names (see pipeline/data/README.md). Layout.eval_sets() adds the
+# user-named ones (data.extra_eval_sets) that the data stage wrote.
+EVAL_SETS = {name: (dataset, "test") for name, dataset in EVAL_DATASETS.items()}
 TRAIN_DATASET = "drr"
 
 
@@ -36,6 +37,11 @@ class Layout:
 
     def dataset(self, name: str) -> Path:
         return self.data / name
+
+    def eval_sets(self) -> dict[str, tuple[str, str]]:
+        """Every evaluation set written under data/: the paper's three (EVAL_SETS), then the user-named ones in the
+        order of data.extra_eval_sets: name -> (dataset, split)."""
+        return {**EVAL_SETS, **{name: (extra_dataset(name), "test") for name in extra_sets(self.data)}}
 
     def checkpoints(self, model: str, seed: int) -> Path:
         return self.root / "checkpoints" / model / f"seed{seed}"

@@ -14,7 +14,7 @@ from typing import Any
 from eval.sets import external_models
 from pipeline.config import Params
 from pipeline.errors import CxrbenchError
-from pipeline.layout import Layout
+from pipeline.layout import EVAL_SETS, Layout
 
 ORIGINAL = "original"  # the untranslated rows (eval.sets.ORIGINAL)
 # Profiles whose numbers rank nothing (too few images and iterations): their report says so in its first line.
@@ -102,6 +102,10 @@ class Inputs:
         if self._externals is None:
             self._externals = external_models(Layout(self.root))
         return self._externals
+
+    def extra_sets(self) -> list[str]:
+        """The user-named evaluation sets (data.extra_eval_sets) the data stage wrote, in params order."""
+        return [s for s in Layout(self.root).eval_sets() if s not in EVAL_SETS]
 
     def in_profile(self, model: str) -> bool:
         return model == ORIGINAL or model in self.params.models or model in self.references or model in self.externals

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.canonical import extra_sets
 from pipeline.io import atomic_write
 from reports import paper_numbers as paper
 from reports.inputs import ORIGINAL, SMOKE_LINE, Inputs, dig, display_seeds
@@ -187,6 +188,8 @@ def data_description(inp: Inputs) -> str:
     if origins and source != "drr":
         roles += (f", `data/seg-train`{of('seg-train')} (segmenters), `data/det-train`{of('det-train')} "
                   "(detector)")
+    for name, entry in extra_sets(inp.root / "data").items():
+        roles += f", `data/extra/{name}` = {entry.get('source')} ({name}, user-named)"
     return f"Data: {what}: {roles}, {inp.params.data.resolution} px."
 
 
@@ -608,6 +611,16 @@ def table3(inp: Inputs) -> Table:
 # --------------------------------------------------------------------------------------------------------------------
 # Supplementary: per-segmenter results
 # --------------------------------------------------------------------------------------------------------------------
+def extra_set_notes(inp: Inputs) -> list[str]:
+    """One line naming the user-named evaluation sets (beyond the paper) and where their images came from."""
+    sets = extra_sets(inp.root / "data")
+    if not sets:
+        return []
+    return ["User-named evaluation sets (data.extra_eval_sets, beyond the paper): " + "; ".join(
+        f"{name} = {e.get('images', '?')} images of {e.get('source')} `{e.get('dir')}`"
+        + (f" ({e['description']})" if e.get("description") else "") for name, e in sets.items()) + "."]
+
+
 def report_models(inp: Inputs) -> list[str]:
     """Original, the paper's methods, other models of the profile, then the ablation variants in the profile."""
     names = [m for _, m in table1_models(inp)]
@@ -621,11 +634,13 @@ def display_name(inp: Inputs, model: str) -> str:
 def table_segmenters(inp: Inputs) -> Table:
     segmenters = list(inp.params.eval.segmenters) + ["mean"]
     cols = [Column("row", "Model"), Column("segmenter", "Segmenter")]
-    for s in paper.SEG_SETS:
-        cols += [Column(f"{s}_miou", f"{SET_NAMES[s]} mIoU", "pct", std=True),
-                 Column(f"{s}_miou_delta", f"{SET_NAMES[s]} mIoU Δ", "delta", std=True),
-                 Column(f"{s}_sensitivity", f"{SET_NAMES[s]} Sens.", "pct", std=True),
-                 Column(f"{s}_sensitivity_delta", f"{SET_NAMES[s]} Sens. Δ", "delta", std=True)]
+    sets = (*paper.SEG_SETS, *inp.extra_sets())
+    for s in sets:
+        name = SET_NAMES.get(s, s)
+        cols += [Column(f"{s}_miou", f"{name} mIoU", "pct", std=True),
+                 Column(f"{s}_miou_delta", f"{name} mIoU Δ", "delta", std=True),
+                 Column(f"{s}_sensitivity", f"{name} Sens.", "pct", std=True),
+                 Column(f"{s}_sensitivity_delta", f"{name} Sens. Δ", "delta", std=True)]
     cols += [Column("seeds", "Seeds"), Column("status", "Status")]
     rows = []
     for model in report_models(inp):
@@ -638,7 +653,7 @@ def table_segmenters(inp: Inputs) -> Table:
                                    "segmenter": SEGMENTER_NAMES.get(seg_name, seg_name), "segmenter_key": seg_name,
                                    "seeds": display_seeds(data.get("seeds")) if model != ORIGINAL else "-",
                                    "status": status, "_text": {}}
-            for s in paper.SEG_SETS:
+            for s in sets:
                 entry = dig(data, "sets", s)
                 res = entry.get("mean") if seg_name == "mean" else dig(entry, "segmenters", seg_name)
                 if entry is None and dig(data, "not_evaluated", s):
@@ -659,9 +674,10 @@ def table_segmenters(inp: Inputs) -> Table:
             rows.append(row)
     notes = common_notes(inp) + [
         "Per-segmenter mIoU / sensitivity in % on the scored images of each set (opacity images of rsna_like and "
-        "ards_like, all jsrt_like images); Δ = translated - original; `mean` = the mean over segmenters that "
+        "ards_like, all jsrt_like images; a user-named set: its opacity images when it has any, else all); "
+        "Δ = translated - original; `mean` = the mean over segmenters that "
         "Table 1 reports. Segmenters trained once on the lung masks of data/seg-train (data.segmenter_sources: "
-        f"{', '.join(inp.params.data.segmenter_sources)}).",
+        f"{', '.join(inp.params.data.segmenter_sources)}).", *extra_set_notes(inp),
         f"N = {n_line(rows) or 'unknown (no segment metrics yet)'} images."]
     return Table("table_segmenters", "Supplementary table: lung segmentation per segmenter", notes, cols, rows,
                  paper_note=("The paper publishes only the mean over its four segmenters (Table 1 above, "
@@ -821,7 +837,7 @@ def table_lesions(inp: Inputs) -> Table:
             Column("n_nonzero", "Non-zero differences", "int"), Column("seeds", "Seeds"),
             Column("status", "Status")]
     rows = []
-    sets = ("rsna_like", "ards_like", "jsrt_like")
+    sets = ("rsna_like", "ards_like", "jsrt_like", *inp.extra_sets())
     for s in sets:
         for model in report_models(inp):
             data, status = inp.get("lesions", model)
@@ -851,7 +867,7 @@ def table_lesions(inp: Inputs) -> Table:
         "detections per scored "
         "image (opacity images of rsna_like / ards_like, all jsrt_like images) before and after translation. "
         "Wilcoxon signed-rank test paired by image on the seed-mean counts (scipy, zero_method='wilcox'); "
-        "'undefined' = every difference is zero. Box plots: figures/figure6_lesions.png."]
+        "'undefined' = every difference is zero. Box plots: figures/figure6_lesions.png.", *extra_set_notes(inp)]
     return Table("table_lesions", "Figure 6 data: lesion counts before and after translation", notes, cols, rows,
                  paper_note=f"The paper prints no numbers for Figure 6, only the claim: {paper.FIGURE6_CLAIM}.")
 

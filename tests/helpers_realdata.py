@@ -127,12 +127,14 @@ def write_jsrt_set(root: Path, scr: Path, n: int, seed: int = 2) -> None:
             Image.fromarray((part * 255).astype(np.uint8), "L").save(scr / "masks" / side / f"{stem}.gif")
 
 
-def write_montgomery_set(root: Path, n: int, size: int = 96, seed: int = 3, spaces: bool = False) -> None:
-    """Montgomery layout: CXR_png/MCUCXR_<i>_<tb>.png + ManualMask/{left,right}Mask (every fourth one TB)."""
+def write_montgomery_set(root: Path, n: int, size: int = 96, seed: int = 3, spaces: bool = False,
+                         first: int = 1) -> None:
+    """Montgomery layout: CXR_png/MCUCXR_<i>_<tb>.png + ManualMask/{left,right}Mask (every fourth one TB); i counts
+    from `first` (another `first` = other patients)."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         tb = int(i % 4 == 3)
-        stem = f"MCUCXR_{i + 1:04d}_{tb}" if not spaces or i else f"MCUCXR {i + 1:04d}_{tb}"
+        stem = f"MCUCXR_{i + first:04d}_{tb}" if not spaces or i else f"MCUCXR {i + first:04d}_{tb}"
         image, lung, _ = chest(rng, size, bool(tb))
         _png(root / "CXR_png" / f"{stem}.png", (image * 255).astype(np.uint8))
         left, right = lung.copy(), lung.copy()

@@ -114,6 +114,40 @@ def test_check_prints_counts_per_dataset_split_and_domain(tmp_path, sources, cap
     assert sum(n for (ds, _, _), n in counts.items() if ds == "seg-train") == 12  # every Montgomery image
 
 
+def test_a_user_named_evaluation_set_is_planned_counted_and_checked(tmp_path, sources, capsys):
+    """data.extra_eval_sets: a set of the user's own (any adapter, its own folder) is listed by `cxrbench check`
+    with its counts, needs lung masks unless its segmentation is switched off, and takes part in the leakage
+    check; bad names and unknown switched_off entries are one-line errors."""
+    other = tmp_path / "montgomery2"
+    write_montgomery_set(other, 8, seed=5, first=9001)  # other patients than those of data.montgomery_dir
+    base = _rsna(sources, rsna_lung_masks=sources["rsna_lung_masks"])
+    extra = {"tb_clinic": {"source": "montgomery", "dir": str(other), "description": "another TB clinic"}}
+    out = _check_ok(_params(tmp_path, {**base, "extra_eval_sets": extra}), capsys)
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ") and len(line.split()) == 7]
+    counts = {(r[0], r[2], r[3]): (int(r[4]), int(r[5])) for r in rows if r[0] != "dataset"}
+    assert counts[("extra/tb_clinic", "test", "opacity")] == (2, 2), out  # every fourth image is TB: 2 of 8
+    assert counts[("extra/tb_clinic", "test", "normal")] == (6, 6), out
+    assert "data plan OK" in out
+    # the same folder as the segmenters' training set: leakage, with the key that fixes it
+    leak = {"tb_clinic": {"source": "montgomery", "dir": sources["montgomery_dir"]}}
+    msg = cli_error(["--params", str(_params(tmp_path, {**base, "extra_eval_sets": leak})), "check"], capsys)
+    assert "leakage" in msg and "data/seg-train" in msg and "tb_clinic" in msg and "same file" in msg, msg
+    assert "data.extra_eval_sets" in msg, msg
+    # a JSRT set without SCR masks cannot be segmented: the error names the set, the mask key and the switch
+    nomask = {"films": {"source": "jsrt", "dir": sources["jsrt_dir"]}}
+    msg = cli_error(["--params", str(_params(tmp_path, {**base, "extra_eval_sets": nomask})), "check"], capsys)
+    assert "segment:films" in msg and "data.scr_dir" in msg and "eval.switched_off" in msg, msg
+    out = _check_ok(_params(tmp_path, {**base, "extra_eval_sets": nomask}, ["segment:films"]), capsys)
+    assert "extra/films" in out and "data plan OK" in out, out
+    # names: reserved, malformed; switched_off entries must name a known set
+    for bad, key in (({"rsna_like": nomask["films"]}, "extra_eval_sets.rsna_like"),
+                     ({"My Set": nomask["films"]}, "extra_eval_sets.My Set")):
+        msg = cli_error(["--params", str(_params(tmp_path, {**base, "extra_eval_sets": bad})), "check"], capsys)
+        assert key in msg, msg
+    msg = cli_error(["--params", str(_params(tmp_path, base, ["segment:films"])), "check"], capsys)
+    assert "eval.switched_off" in msg and "segment:films" in msg, msg
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The data stage is atomic as a whole and resumable.
 # ---------------------------------------------------------------------------------------------------------------------

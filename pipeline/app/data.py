@@ -1,5 +1,6 @@
 """The `data` stage: write data/drr, data/ards-like, data/jsrt-like, data/seg-train, data/det-train (rendered, or
-from real datasets through the adapters; roles in pipeline/data/plan.py), data/summary.json and
+from real datasets through the adapters; roles in pipeline/data/plan.py), data/extra/ (the user-named evaluation
+sets and their index sets.json; only the index when there are none), data/summary.json and
 reports/figures/data_samples.png.
 
     run_data_stage(params, data_root)   # data_root = <project>/data (what `cxrbench data` passes)
@@ -12,6 +13,7 @@ byte-identical manifests, images and summary.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 
 from pipeline.data.adapters import add_converted, convert_all, lung_area
-from pipeline.data.canonical import LABEL_COLUMNS, NIH14, DatasetWriter, boxes_text, empty_row, read_manifest
+from pipeline.data.canonical import (EXTRA, EXTRA_INDEX, LABEL_COLUMNS, NIH14, DatasetWriter, boxes_text, empty_row,
+                                     extra_dataset, read_manifest)
 from pipeline.data.drr import Case, PatientSpec, Settings, plan, render_patient, resolve_device
 from pipeline.data.params import DataParams
 from pipeline.data.plan import DATASETS, ROLE_SETS, DatasetPlan, role_takes, validate
@@ -146,7 +149,7 @@ def dataset_summary(folder: Path) -> dict:
 # Atomic as a whole: every dataset is written into data/.next/, then all are swapped in together.
 # ---------------------------------------------------------------------------------------------------------------------
 NEXT, PREV, COMPLETE = ".next", ".prev", "COMPLETE"
-OUTPUTS = (*DATASETS, "summary.json")
+OUTPUTS = (*DATASETS, EXTRA, "summary.json")
 
 
 def _remove(path: Path) -> None:
@@ -259,7 +262,9 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
         rendered[".drr-aux"] = {("drr-aux", split, domain): n for (_, split, domain), n in counts["drr"].items()
                                 if split != "test"}
     with Renderer(settings, workers if rendered else 1, p.threads or 1) as renderer:
-        for name in ("drr", "ards-like", "jsrt-like"):
+        extras = [name for name in plan if name.startswith(f"{EXTRA}/")]
+        (stage / EXTRA).mkdir()
+        for name in ("drr", "ards-like", "jsrt-like", *extras):
             ds = plan[name]
             if ds.items:
                 log(f"data: converting {name} from {ds.origin} ({len(ds.items)} images at {p.resolution} px)")
@@ -276,7 +281,11 @@ def run_data_stage(params, out_root: Path, log=print) -> dict:
 
     summary = {"resolution": p.resolution, "seed": p.seed, "source": p.source,
                "datasets": {name: {**dataset_summary(stage / name), "origin": plan[name].origin,
-                                   "role": plan[name].role} for name in DATASETS}}
+                                   "role": plan[name].role} for name in (*DATASETS, *extras)}}
+    index = {"sets": {name: {**dataclasses.asdict(entry), "dataset": extra_dataset(name),
+                             "images": summary["datasets"][extra_dataset(name)]["images"]}
+                      for name, entry in p.extra_eval_sets.items()}}
+    atomic_write(stage / EXTRA / EXTRA_INDEX, json.dumps(index, indent=2) + "\n")
     atomic_write(stage / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write(stage / COMPLETE, "\n".join(OUTPUTS) + "\n")
     _swap_in(out_root)

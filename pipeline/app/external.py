@@ -4,11 +4,13 @@ metrics) and add NAME as a row to every table and the results page.
 
 DIR holds one PNG per evaluation image, named by the image's id, in one folder per evaluation set:
 
-    DIR/rsna_like/<id>.png   DIR/ards_like/<id>.png   DIR/jsrt_like/<id>.png
+    DIR/rsna_like/<id>.png   DIR/ards_like/<id>.png   DIR/jsrt_like/<id>.png   DIR/<name>/<id>.png
+
+(<name>: each user-named set of data.extra_eval_sets that the data stage wrote)
 
 (`DIR/<set>/a2b/<id>.png`, the layout of outputs/<model>/seed<k>/, is read as well, so a folder this project wrote
 can be scored again). The ids are the `id` column of the evaluation sets' manifests (data/drr test split,
-data/ards-like, data/jsrt-like); a missing or unexpected file is an error that names it. `--masks DIR`: the
+data/ards-like, data/jsrt-like, data/extra/<name>); a missing or unexpected file is an error that names it. `--masks DIR`: the
 method's activation masks in the same layout (optional). Images of another size than the evaluation image are
 resized to it (PIL bilinear, antialiased) and colour or 16-bit images are converted to 8-bit grey; the summary says
 how many. The images are copied into outputs/NAME/seed0/ (the translate format, plus external.json saying where

@@ -22,7 +22,7 @@ from pipeline.config import Params
 from pipeline.data.canonical import load_images, read_manifest
 from pipeline.engine import to_model_range
 from pipeline.io import write_json
-from pipeline.layout import EVAL_SETS, TRAIN_DATASET, Layout, load_trained, set_threads
+from pipeline.layout import TRAIN_DATASET, Layout, load_trained, set_threads
 from pipeline.progress import bar
 
 BATCH = 16
@@ -36,7 +36,7 @@ def to_uint8(x: torch.Tensor, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
 
 def _sets(params: Params, root: Path, train_cap: int) -> list[tuple[str, str, pd.DataFrame]]:
     out = []
-    for name, (dataset, split) in EVAL_SETS.items():
+    for name, (dataset, split) in Layout(root).eval_sets().items():
         ds = root / "data" / dataset
         if not (ds / "manifest.csv").exists():
             continue

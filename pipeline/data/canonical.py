@@ -6,6 +6,10 @@
     data/<dataset>/opacity_masks/   8-bit PNG {0, 255}     (optional)
     data/<dataset>/boxes/*.txt      YOLO: `class cx cy w h`, normalised to [0, 1]  (optional)
     data/<dataset>/twins/*.png      the same image without findings (DRR benchmark only)
+    data/extra/sets.json            the user-named evaluation sets, each written as data/extra/<name>/
+
+Evaluation sets: rsna_like = the test split of data/drr, ards_like = data/ards-like, jsrt_like = data/jsrt-like,
+<name> = data/extra/<name> (data.extra_eval_sets); every image of a set is in its test split.
 
 Paths in the manifest are relative to the dataset folder. Every reader raises `DataError` with one line naming the
 file and the fix. `DatasetWriter` writes into a hidden sibling folder and renames it into place at the very end, so a
@@ -13,6 +17,7 @@ failed or killed run never leaves a half-written dataset under the final name.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -35,6 +40,25 @@ PATH_COLUMNS = ("image", "lung_mask", "opacity_mask", "boxes", "twin")
 MANIFEST_COLUMNS = ("id", "split", "domain", "patient_id", *PATH_COLUMNS, "source", "view", *LABEL_COLUMNS)
 SPLITS = ("train", "val", "test")
 DOMAINS = ("opacity", "normal")
+EVAL_DATASETS = {"rsna_like": "drr", "ards_like": "ards-like", "jsrt_like": "jsrt-like"}  # the paper's three
+EXTRA, EXTRA_INDEX = "extra", "sets.json"
+
+
+def extra_dataset(name: str) -> str:
+    """The dataset (folder under data/) of the user-named evaluation set `name`."""
+    return f"{EXTRA}/{name}"
+
+
+def extra_sets(data_root: str | Path) -> dict[str, dict]:
+    """The user-named evaluation sets the data stage wrote (data/extra/sets.json): name -> {source, dir, ...}."""
+    index = Path(data_root) / EXTRA / EXTRA_INDEX
+    if not index.is_file():
+        return {}
+    try:
+        return json.loads(index.read_text())["sets"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{index}: not a valid index of extra evaluation sets ({exc}); rerun `dvc repro data`") \
+            from None
 
 
 class DataError(CxrbenchError, ValueError):

@@ -5,10 +5,29 @@ of the data package and pipeline/data/README.md for the proposed per-profile val
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.schema import ConfigError, param
+
+
+SOURCES_WITH_DIRS = ("rsna", "mimic", "jsrt", "montgomery", "shenzhen", "folder")
+PAPER_EVAL_SETS = ("rsna_like", "ards_like", "jsrt_like")
+RESERVED_SET_NAMES = (*PAPER_EVAL_SETS, "train", "ards")  # "ards": the Table 2 test-set key
+
+
+@dataclass
+class ExtraEvalSet:
+    """A user-named evaluation set beyond the paper's three: every image of one folder, written as data/extra/<name>
+    and scored like jsrt_like / ards_like (segmentation, lesion counts, translations)."""
+
+    source: Literal["rsna", "mimic", "jsrt", "montgomery", "shenzhen", "folder"] = param(
+        doc="the adapter that reads the folder (its layout: pipeline/data/README.md)")
+    dir: str = param(doc="the folder; the adapter's other keys (scr_dir, tb_domain, rsna_lung_masks, mimic_views, "
+                         "...) come from data.*")
+    description: str = param("", doc="one line for the report")
 
 
 @dataclass
@@ -83,6 +102,12 @@ class DataParams:
         doc="box sets the YOLO lesion detector trains on, written together as data/det-train: train = the "
             "train/val images of the translation training set (needs boxes: drr, rsna, folder with opacity masks); "
             "rsna, folder = that set's train/val images")
+    extra_eval_sets: dict[str, ExtraEvalSet] = param(
+        default_factory=dict,
+        doc="user-named evaluation sets beyond rsna_like / ards_like / jsrt_like: name -> {source, dir, description}; "
+            "each is written as data/extra/<name> (all its images in the test split), translated by every model, "
+            "checked for lung masks and leakage by `cxrbench check`, and scored by segmentation and lesion counts "
+            "(switch one off with 'segment:<name>' in eval.switched_off)")
     drop_eval_patients: bool = param(
         False, doc="drop from every training set (translation, segmenters, detector) the patients that are in an "
                    "evaluation set (ards_like, jsrt_like); false = such an overlap is an error of `cxrbench check`")
@@ -112,5 +137,20 @@ class DataParams:
                 raise ConfigError(f"{where}.{key}: lists a source twice; name each once")
             if not getattr(self, key):
                 raise ConfigError(f"{where}.{key}: empty; name at least one source (default: [train])")
+        for name, entry in self.extra_eval_sets.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ConfigError(f"{where}.extra_eval_sets.{name}: set names are lower-case letters, digits and '_', "
+                                  "starting with a letter")
+            if name in RESERVED_SET_NAMES:
+                raise ConfigError(f"{where}.extra_eval_sets.{name}: {name!r} is taken (reserved: "
+                                  f"{', '.join(RESERVED_SET_NAMES)}); choose another name")
+            if not entry.dir:
+                raise ConfigError(f"{where}.extra_eval_sets.{name}.dir: empty; name the {entry.source} folder")
         if self.mimic_ards_studies and not self.mimic_dir:
             raise ConfigError(f"{where}.mimic_dir: must name the MIMIC-CXR-JPG folder when mimic_ards_studies is set")
+
+    def for_extra_set(self, name: str) -> "DataParams":
+        """These params with the folder of extra evaluation set `name` in place of its source's *_dir key: what the
+        source's adapter reads."""
+        entry = self.extra_eval_sets[name]
+        return dataclasses.replace(self, **{f"{entry.source}_dir": entry.dir})

@@ -8,6 +8,7 @@ Datasets (folders under data/) and their roles:
     jsrt-like  jsrt_like evaluation set (test)        data.jsrt_dir with jsrt_as_eval (JSRT + SCR), else rendered
     seg-train  segmenter training set (train/val; its test split scores the segmenters)  data.segmenter_sources
     det-train  detector training set (train/val)      data.detector_sources
+    extra/<name>  a user-named evaluation set (test)  data.extra_eval_sets.<name> (any adapter, its own folder)
 
 Role sets take "train" from the written data/drr (the same files, hard-linked), "drr" from the rendered benchmark and
 every other name from that adapter. Adapter images carry their split (official, or stable_split of the patient).
@@ -18,12 +19,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.data.adapters import SourceImage, assign_splits, jsrt_items, mimic_ards_items, source_items
-from pipeline.data.canonical import DataError
+from pipeline.data.canonical import EVAL_DATASETS, EXTRA, DataError, extra_dataset
 from pipeline.data.params import DataParams
 
-EVAL_DATASETS = {"rsna_like": "drr", "ards_like": "ards-like", "jsrt_like": "jsrt-like"}
 ROLE_SETS = ("seg-train", "det-train")
+EXTRA_MASKS = {"rsna": "data.rsna_lung_masks", "mimic": "MIMIC images have none: only the ARDS list takes masks",
+               "jsrt": "data.scr_dir", "montgomery": "ManualMask/ in its folder", "shenzhen": "mask/ in its folder",
+               "folder": "masks/ in its folder"}  # where each adapter finds lung masks
 DATASETS = ("drr", "ards-like", "jsrt-like", *ROLE_SETS)
+
+
+def eval_datasets(p: DataParams) -> dict[str, str]:
+    """Every evaluation set of these params -> its dataset: the paper's three, then the user-named ones."""
+    return {**EVAL_DATASETS, **{name: extra_dataset(name) for name in p.extra_eval_sets}}
 
 
 @dataclass
@@ -110,6 +118,10 @@ def build_plan(p: DataParams) -> dict[str, DatasetPlan]:
     else:
         plan["jsrt-like"] = DatasetPlan("jsrt-like", "jsrt_like evaluation set", "drr",
                                         rendered={("test", "normal"): p.jsrt})
+    for name, entry in p.extra_eval_sets.items():
+        plan[extra_dataset(name)] = DatasetPlan(
+            extra_dataset(name), f"{name} evaluation set (data.extra_eval_sets)", entry.source,
+            items=assign_splits(source_items(p.for_extra_set(name), entry.source), p, eval_only=True, what=entry.dir))
     aux = DatasetPlan("drr", "", "drr", rendered=drr_groups(p))  # "drr" in a role when the source is not drr
     for name, key, segmenters in (("seg-train", "segmenter_sources", True), ("det-train", "detector_sources", False)):
         sources = getattr(p, key)
@@ -142,7 +154,9 @@ def _where(p: DataParams, source: str) -> str:
 
 def _eval_items(plan: dict[str, DatasetPlan]) -> list[tuple[str, SourceImage]]:
     out = [(s, it) for s, ds in (("rsna_like", plan["drr"]),) for it in ds.items if it.split == "test"]
-    for eval_set, name in (("ards_like", "ards-like"), ("jsrt_like", "jsrt-like")):
+    pairs = [("ards_like", "ards-like"), ("jsrt_like", "jsrt-like")]
+    pairs += [(name.split("/", 1)[1], name) for name in plan if name.startswith(f"{EXTRA}/")]
+    for eval_set, name in pairs:
         out += [(eval_set, it) for it in plan[name].items]
     return out
 
@@ -182,7 +196,8 @@ def leakage(plan: dict[str, DatasetPlan]) -> list[str]:
         lines.append(f"data: leakage: {len(examples)} training image(s) of data/{train_set} are also in the "
                      f"{eval_set} evaluation set (e.g. {examples[0]}); take that source out of the training role "
                      "(data.source / segmenter_sources / detector_sources), stop using it as the evaluation set "
-                     "(data.jsrt_as_eval: false, data.mimic_ards_studies), or set data.drop_eval_patients: true")
+                     "(data.jsrt_as_eval: false, data.mimic_ards_studies, data.extra_eval_sets), or set "
+                     "data.drop_eval_patients: true")
     return lines
 
 
@@ -201,7 +216,8 @@ def check_plan(plan: dict[str, DatasetPlan], p: DataParams, switched_off: list[s
     if not train.counts[("test", "opacity")]:
         errors.append(f"data.test_fraction: the test split of {plan['drr'].origin} (the rsna_like evaluation set) "
                       "has no opacity images; raise data.test_fraction or add images")
-    for eval_set, name in EVAL_DATASETS.items():
+    sets = eval_datasets(p)
+    for eval_set, name in sets.items():
         if f"segment:{eval_set}" in switched_off:
             continue
         g = plan[name].table()
@@ -210,12 +226,13 @@ def check_plan(plan: dict[str, DatasetPlan], p: DataParams, switched_off: list[s
         if n and have < n:
             fix = {"rsna_like": "data.rsna_lung_masks (<patientId>.png)" if plan["drr"].origin == "rsna" else
                    "lung masks for the test images of data.source",
-                   "ards_like": "data.mimic_ards_masks", "jsrt_like": "data.scr_dir (the SCR masks)"}[eval_set]
+                   "ards_like": "data.mimic_ards_masks", "jsrt_like": "data.scr_dir (the SCR masks)"}.get(
+                eval_set, f"the lung masks of data.extra_eval_sets.{eval_set} ({EXTRA_MASKS[plan[name].origin]})")
             errors.append(f"eval.switched_off: segmentation on {eval_set} needs lung masks, {n - have} of its {n} "
                           f"scored images ({plan[name].origin} test, {scored}) have none: provide {fix}, or add "
                           f"'segment:{eval_set}' to eval.switched_off (the report then says 'not evaluated')")
     seg = plan["seg-train"].table()
-    if any(f"segment:{s}" not in switched_off for s in EVAL_DATASETS) and seg.lung[("train", "normal")] + \
+    if any(f"segment:{s}" not in switched_off for s in sets) and seg.lung[("train", "normal")] + \
             seg.lung[("train", "opacity")] < 2:
         errors.append(f"data.segmenter_sources: {p.segmenter_sources} give "
                       f"{seg.lung[('train', 'normal')] + seg.lung[('train', 'opacity')]} training images with lung "
@@ -241,14 +258,15 @@ def check_plan(plan: dict[str, DatasetPlan], p: DataParams, switched_off: list[s
 
 def plan_lines(plan: dict[str, DatasetPlan]) -> list[str]:
     """Counts per dataset, split and domain (with lung masks and boxes), as `cxrbench check` prints them."""
-    lines = [f"{'dataset':10s} {'origin':22s} {'split':5s} {'domain':8s} {'images':>7s} {'lung':>7s} {'boxes':>7s}"]
+    width = max(10, *(len(name) for name in plan))
+    lines = [f"{'dataset':{width}s} {'origin':22s} {'split':5s} {'domain':8s} {'images':>7s} {'lung':>7s} {'boxes':>7s}"]
     for name, ds in plan.items():
         g = ds.table()
         for split in ("train", "val", "test"):
             for domain in ("opacity", "normal"):
                 n = g.counts[(split, domain)]
                 if n:
-                    lines.append(f"{name:10s} {ds.origin:22s} {split:5s} {domain:8s} {n:7d} "
+                    lines.append(f"{name:{width}s} {ds.origin:22s} {split:5s} {domain:8s} {n:7d} "
                                  f"{g.lung[(split, domain)]:7d} {g.boxes[(split, domain)]:7d}")
     return lines
 
