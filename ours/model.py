@@ -340,7 +340,7 @@ class Ours(Translator):
         gan, acl = self._adversarial(real_a, real_b, o, for_generator=False)
         return {"d_gan": gan, "d_acl": acl}
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         opt_g, opt_d = self.optimizers["gen"], self.optimizers["dis"]
         # generators: Eq. 8 (discriminators frozen so their parameters collect no gradient)
@@ -362,7 +362,7 @@ class Ours(Translator):
         opt_d.step()
         logged = dict(terms, total=total, d_total=d_total, **d_terms,
                       mask_area_opacity=o["mask_ab"].mean(), mask_area_normal=o["mask_bb"].mean())
-        return {k: v.item() for k, v in logged.items()}
+        return {k: v.detach() for k, v in logged.items()}
 
     # --- diagnostics (logged every log_every steps on the engine's fixed validation batch) -----------------------
     def diagnostics(self, probe: Probe) -> dict[str, float]:

@@ -136,8 +136,11 @@ class Translator(nn.Module):
         """
         raise NotImplementedError
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx: StepContext) -> dict[str, float]:
-        """One training iteration on a batch of opacity (A) and normal (B) images; returns scalar losses by name."""
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int,
+                   ctx: StepContext) -> dict[str, torch.Tensor]:
+        """One training iteration on a batch of opacity (A) and normal (B) images; returns its losses by name as
+        detached 0-dim tensors. Never read a value back to the host here (`.item()`, `float()`, `if t > 0`): on a
+        GPU each is a sync that stalls the launch queue; the engine reads the losses once per `log_every` steps."""
         raise NotImplementedError
 
     # --- inference --------------------------------------------------------------------------------------------

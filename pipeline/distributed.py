@@ -221,6 +221,22 @@ def any_rank(flags: torch.Tensor) -> torch.Tensor:
     return buf.to(flags.device).bool()
 
 
+def reduce_loss_window(stacked: torch.Tensor) -> torch.Tensor:
+    """The engine's loss window (rows: terms; columns: sum, first non-finite step or -1, its value) over every rank:
+    sums and values summed, steps the smallest non-negative one. Every rank calls it at the same steps (the log
+    cadence), so a NaN on any rank stops every rank at once. The identity in a single process."""
+    if not is_initialized() or world_size() == 1:
+        return stacked
+    device = stacked.device
+    buf = stacked.to(_comm_device(), torch.float64)
+    sums = buf[:, [0, 2]].contiguous()
+    steps = torch.where(buf[:, 1] < 0, torch.full_like(buf[:, 1], float("inf")), buf[:, 1]).contiguous()
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+    steps = torch.where(torch.isinf(steps), torch.full_like(steps, -1.0), steps)
+    return torch.stack([sums[:, 0], steps, sums[:, 1]], dim=1).to(device, stacked.dtype)
+
+
 def mean_of_floats(values: dict[str, float]) -> dict[str, float]:
     """{name: mean over ranks}. Every rank must pass the same names (they may not depend on the data).
 

@@ -6,7 +6,8 @@
 - progress bar with it/s and ETA; loss rows to a DVC plots CSV and to MLflow;
 - atomic checkpoints every N steps and at the end (newest K kept); automatic exact resume (model, optimizers,
   schedulers, RNG states, step, the translator's extra state); a corrupt newest checkpoint falls back to the previous;
-- a non-finite-loss guard that stops with the step and the loss name; CUDA OOM mapped to a message saying what to change;
+- no host sync per step: losses stay on the device (LossWindow) and are read once per `log_every` steps, where a
+  non-finite-loss guard stops with the step and the loss name; CUDA OOM mapped to a message saying what to change;
 - one run across several processes under torchrun (pipeline/distributed.py): rank r trains on its slice of the same
   global batch, gradients are averaged per backward call, rank 0 alone logs and writes checkpoints.
 """
@@ -269,6 +270,54 @@ class LossLog:
         atomic_write(self.path, "\n".join(lines) + "\n")
 
 
+class LossWindow:
+    """The losses of the steps since the last log row, kept on the device: a train_step returns 0-dim tensors and
+    nothing here reads them back until `read()`, once per `log_every` steps (and before a checkpoint). Per step and
+    term only asynchronous kernels run (sum, count, first non-finite step and value), so a GPU's launch queue never
+    waits for the host; on the CPU it is the same code. Python floats are accepted too (then they are host values).
+    """
+
+    def __init__(self, device: torch.device, world_size: int = 1):
+        self.device, self.world_size = device, world_size
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.terms: dict[str, list[torch.Tensor]] = {}  # name -> [sum, first bad step (-1 = none), its value]
+        self.steps = 0
+
+    def add(self, losses: dict[str, Any], step: int) -> None:
+        self.steps += 1
+        for name, value in losses.items():
+            v = torch.as_tensor(value).detach().to(self.device, self.dtype).reshape(())
+            if name not in self.terms:
+                zero = torch.zeros((), dtype=self.dtype, device=self.device)
+                self.terms[name] = [zero, torch.full((), -1, dtype=torch.int64, device=self.device), zero.clone()]
+            acc = self.terms[name]
+            acc[0] = acc[0] + v
+            first = ~torch.isfinite(v) & (acc[1] < 0)
+            acc[1] = torch.where(first, torch.full_like(acc[1], step), acc[1])
+            acc[2] = torch.where(first, v, acc[2])
+
+    def read(self, label: str, keep: bool = False) -> dict[str, float]:
+        """Means over the window's steps (and over ranks under torchrun): one host sync. Raises NonFiniteLossError
+        naming the first step and term that were not finite (on every rank alike). Empties the window unless
+        `keep` (a check before a checkpoint that is not a log step)."""
+        names = list(self.terms)
+        if not names:
+            return {}
+        stacked = torch.stack([torch.stack([a[0], a[1].to(self.dtype), a[2]]) for a in self.terms.values()])
+        stacked = distributed.reduce_loss_window(stacked)  # sums and values: sum over ranks; steps: min over ranks
+        steps = self.steps * self.world_size
+        if not keep:
+            self.terms.clear()
+            self.steps = 0
+        rows = stacked.tolist()  # the one sync
+        bad = [(int(r[1]), i) for i, r in enumerate(rows) if r[1] >= 0]
+        if bad:
+            step, i = min(bad)
+            raise NonFiniteLossError(f"{label}: loss '{names[i]}' is {rows[i][2]} at step {step} "
+                                     "(lower the learning rate or check the input data)")
+        return {name: row[0] / steps for name, row in zip(names, rows)}
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -497,7 +546,7 @@ class Engine:
         data = UnpairedBatches(images_a, images_b, t.batch_size * self.world_size, t.image_size, s.crop_scale,
                                s.hflip, self.seed, rank=self.rank, world_size=self.world_size)
         loader = batch_loader(data, start, s.iterations, s.num_workers, pin=self.device.type == "cuda")
-        window: dict[str, list[float]] = {}
+        window = LossWindow(self.device, self.world_size)
         last: dict[str, float] = {}
         bar = _progress(total=s.iterations, initial=start, desc=self.label, enabled=s.progress and self.rank == 0)
         t0, done0 = time.perf_counter(), start
@@ -517,18 +566,15 @@ class Engine:
                     for sched in self.schedulers.values():
                         sched.step()
                 self.step = step + 1
-                if self.world_size > 1:  # global-batch losses; a NaN on any rank reaches every rank
-                    losses = distributed.mean_of_floats({k: float(v) for k, v in losses.items()})
-                for name, value in losses.items():
-                    value = float(value)
-                    if not np.isfinite(value):
-                        raise NonFiniteLossError(f"{self.label}: loss '{name}' is {value} at step {step} "
-                                                 "(lower the learning rate or check the input data)")
-                    window.setdefault(name, []).append(value)
+                window.add(losses, step)  # no host sync: the losses stay on the device until the log step
                 bar.update(1)
-                if self.step % s.log_every == 0 or self.step == s.iterations:
-                    last = {k: float(np.mean(v)) for k, v in window.items()}
-                    window.clear()
+                log_now = self.step % s.log_every == 0 or self.step == s.iterations
+                if log_now or self.step % s.checkpoint_every == 0:
+                    # one sync; a non-finite loss (on any rank) stops every rank here, naming its step and term,
+                    # before a checkpoint could keep the weights it spoiled
+                    means = window.read(self.label, keep=not log_now)
+                if log_now:
+                    last = means
                     lr = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
                     rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)
                     row = {"step": float(self.step), **last, **lr, "it_per_s": rate, **self.diagnostics()}

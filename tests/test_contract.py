@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +55,8 @@ def test_one_train_step_and_translate(name, tmp_path):
     a, b = batch()
     t.train()
     losses = t.train_step(a, b, 0, eng)
-    assert losses and all(isinstance(v, float) and math.isfinite(v) for v in losses.values()), losses
+    assert losses and all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
+                          and math.isfinite(v) for v in losses.values()), losses
     t.eval()
     for fn in (t.translate, t.translate_b2a):
         out = fn(a)
@@ -65,6 +68,42 @@ def test_one_train_step_and_translate(name, tmp_path):
             assert out.mask.min() >= 0 and out.mask.max() <= 1
         else:
             assert out.mask is None
+
+
+HOST_READS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_train_step_reads_nothing_back_to_the_host(name, monkeypatch):
+    """No host sync inside train_step (on a GPU each one stalls the launch queue): every way a tensor's value
+    reaches Python raises while four steps run (DRIT: content-D-only steps and full steps). A method that reads a
+    value back fails here, naming the call."""
+    t = build(name)
+    eng = ready(t)
+    a, b = batch()
+    t.train()
+
+    torch_dir = str(Path(torch.__file__).parent)
+
+    def trap(what):
+        original = getattr(torch.Tensor, what)
+
+        def read(self, *args, **kwargs):
+            # torch's own reads are its business (the optimizers' CPU step counter: no device sync)
+            if sys._getframe(1).f_code.co_filename.startswith(torch_dir):
+                return original(self, *args, **kwargs)
+            raise AssertionError(f"{name}.train_step reads a tensor back to the host (Tensor.{what})")
+        return read
+
+    for what in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, what, trap(what))
+    for step in range(4):
+        t.train_step(a, b, step, eng)
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="Tensor.item"):  # the trap itself works
+        for what in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, what, trap(what))
+        torch.zeros(()).item()
 
 
 @pytest.mark.parametrize("name", METHODS)

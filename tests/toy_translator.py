@@ -20,6 +20,7 @@ class ToyConfig:
     lr: float = 1e-2
     nan_at_step: int = -1  # inject a NaN loss at this step (fault tests)
     stochastic: bool = True  # False: no input noise, no image pool: a step depends on the batch only (DDP tests)
+    host_floats: bool = False  # return Python floats (a host sync per loss, as methods did before) instead of tensors
 
 
 class ToyTranslator(Translator):
@@ -66,7 +67,9 @@ class ToyTranslator(Translator):
         loss_d = 0.5 * ((self.d(real_b) - 1) ** 2).mean() + 0.5 * (self.d(pooled) ** 2).mean()
         ctx.backward(loss_d)
         self.opt_d.step()
-        return {"g": loss_g.item(), "d": loss_d.item()}
+        if self.cfg.host_floats:
+            return {"g": loss_g.item(), "d": loss_d.item()}
+        return {"g": loss_g.detach(), "d": loss_d.detach()}
 
     @torch.no_grad()
     def translate(self, x):

@@ -67,7 +67,7 @@ class CycleGAN(Translator):
         schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in optimizers.items()}
         return optimizers, schedulers
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, torch.Tensor]:
         c = self.cfg
         fake_b = self.gen_ab(real_a)
         rec_a = self.gen_ba(fake_b)
@@ -87,7 +87,7 @@ class CycleGAN(Translator):
             loss_idt_b = c.lambda_b * c.lambda_identity * (self.gen_ab(real_b) - real_b).abs().mean()
             loss_idt_a = c.lambda_a * c.lambda_identity * (self.gen_ba(real_a) - real_a).abs().mean()
             loss_g = loss_g + loss_idt_a + loss_idt_b
-            losses.update(idt_a=loss_idt_a.item(), idt_b=loss_idt_b.item())
+            losses.update(idt_a=loss_idt_a.detach(), idt_b=loss_idt_b.detach())
         ctx.backward(loss_g)
         self.opt_gen.step()
 
@@ -101,8 +101,8 @@ class CycleGAN(Translator):
         ctx.backward(loss_d_a + loss_d_b)  # disjoint parameters: same gradients as two backward calls
         self.opt_disc.step()
 
-        losses.update(g_ab=loss_gan_ab.item(), g_ba=loss_gan_ba.item(), cycle_a=loss_cycle_a.item(),
-                      cycle_b=loss_cycle_b.item(), d_a=loss_d_a.item(), d_b=loss_d_b.item())
+        losses.update(g_ab=loss_gan_ab.detach(), g_ba=loss_gan_ba.detach(), cycle_a=loss_cycle_a.detach(),
+                      cycle_b=loss_cycle_b.detach(), d_a=loss_d_a.detach(), d_b=loss_d_b.detach())
         return losses
 
     # --- inference ------------------------------------------------------------------------------------------------

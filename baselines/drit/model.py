@@ -180,23 +180,21 @@ class DRIT(Translator):
             o, lambda it, t=total_iterations: lr_factor(it, t, c.decay_start)) for n, o in self.optimizers.items()}
         return self.optimizers, self.schedulers
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, torch.Tensor]:
         if is_content_only_step(step, self.cfg.d_iter):
             return self.update_content_dis(real_a, real_b, ctx)
         out = self.forward_train(real_a, real_b)
         losses = self.update_discriminators(out, ctx)
         losses.update(self.update_encoders_generator(out, ctx))
-        names = list(losses)
-        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
-        return dict(zip(names, values))
+        return {k: v.detach() for k, v in losses.items()}  # tensors: the engine reads them at the log cadence
 
-    def update_content_dis(self, real_a: torch.Tensor, real_b: torch.Tensor, ctx) -> dict[str, float]:
+    def update_content_dis(self, real_a: torch.Tensor, real_b: torch.Tensor, ctx) -> dict[str, torch.Tensor]:
         """Official update_D_content: the content D alone, on the encoded half."""
         with torch.no_grad():
             c_a = self.enc_c.forward_a(split_halves(real_a)[0])
             c_b = self.enc_c.forward_b(split_halves(real_b)[0])
         loss = self._content_dis_step(c_a, c_b, ctx)
-        return {"d_content": loss.item()}
+        return {"d_content": loss.detach()}
 
     def _content_dis_step(self, c_a: torch.Tensor, c_b: torch.Tensor, ctx) -> torch.Tensor:
         """Content D: B's content code is 'real' (1), A's 'fake' (0); gradient norm clipped, lr / 2.5."""

@@ -167,18 +167,18 @@ class MUNIT(Translator):
         loss_s = l1(style_a_rec, style_a) + l1(style_b_rec, style_b)
         loss_c = l1(content_a_rec, content_a) + l1(content_b_rec, content_b)
         loss = c.gan_w * loss_adv + c.recon_x_w * loss_x + c.recon_s_w * loss_s + c.recon_c_w * loss_c
-        losses = {"dis": loss_dis.item(), "gen_adv": loss_adv.item(), "gen_recon_x": loss_x.item(),
-                  "gen_recon_s": loss_s.item(), "gen_recon_c": loss_c.item()}
+        losses = {"dis": loss_dis.detach(), "gen_adv": loss_adv.detach(), "gen_recon_x": loss_x.detach(),
+                  "gen_recon_s": loss_s.detach(), "gen_recon_c": loss_c.detach()}
         if c.recon_x_cyc_w > 0:
             # style-augmented cycle: back to the source domain with the source image's own style code
             cyc_a = self.gen_a.decode(content_a_rec, style_a_enc)
             cyc_b = self.gen_b.decode(content_b_rec, style_b_enc)
             loss_cyc = l1(cyc_a, real_a) + l1(cyc_b, real_b)
             loss = loss + c.recon_x_cyc_w * loss_cyc
-            losses["gen_cyc_x"] = loss_cyc.item()
+            losses["gen_cyc_x"] = loss_cyc.detach()
         ctx.backward(loss)
         self.opt_g.step()
-        losses["gen_total"] = loss.item()
+        losses["gen_total"] = loss.detach()
         return losses
 
     # --- inference ------------------------------------------------------------------------------------------------

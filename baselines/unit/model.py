@@ -168,22 +168,22 @@ class UNIT(Translator):
         loss_recon = l1(recon_a, real_a) + l1(recon_b, real_b)
         loss_kl = kl_unit_gaussian(h_a) + kl_unit_gaussian(h_b)
         loss = c.gan_w * loss_adv + c.recon_x_w * loss_recon + c.recon_kl_w * loss_kl
-        losses = {"dis": loss_dis.item(), "gen_adv": loss_adv.item(), "gen_recon_x": loss_recon.item(),
-                  "gen_kl": loss_kl.item()}
+        losses = {"dis": loss_dis.detach(), "gen_adv": loss_adv.detach(), "gen_recon_x": loss_recon.detach(),
+                  "gen_kl": loss_kl.detach()}
         if c.recon_x_cyc_w > 0 or c.recon_kl_cyc_w > 0:
             h_ab, h_ba = self.gen_b.encode(fake_ab), self.gen_a.encode(fake_ba)  # official h_a_recon, h_b_recon
             loss_kl_cyc = kl_unit_gaussian(h_ab) + kl_unit_gaussian(h_ba)
             loss = loss + c.recon_kl_cyc_w * loss_kl_cyc
-            losses["gen_kl_cyc"] = loss_kl_cyc.item()
+            losses["gen_kl_cyc"] = loss_kl_cyc.detach()
             if c.recon_x_cyc_w > 0:
                 cyc_a = self.gen_a.decode(h_ab + torch.randn_like(h_ab))
                 cyc_b = self.gen_b.decode(h_ba + torch.randn_like(h_ba))
                 loss_cyc = l1(cyc_a, real_a) + l1(cyc_b, real_b)
                 loss = loss + c.recon_x_cyc_w * loss_cyc
-                losses["gen_cyc_x"] = loss_cyc.item()
+                losses["gen_cyc_x"] = loss_cyc.detach()
         ctx.backward(loss)
         self.opt_g.step()
-        losses["gen_total"] = loss.item()
+        losses["gen_total"] = loss.detach()
         return losses
 
     # --- inference: the posterior mean, no noise (official `forward`/`sample`) -------------------------------------

@@ -93,7 +93,7 @@ class UVCGAN(Translator):
         gp = gradient_penalty(disc, real, fake, c.gp_lambda, c.gp_constant, c.gp_type)
         return loss + gp, gp
 
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, float]:
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, step: int, ctx) -> dict[str, torch.Tensor]:
         c = self.cfg
         a, b = to_unit(real_a), to_unit(real_b)
         fake_b = self.gen_ab(a)
@@ -113,7 +113,7 @@ class UVCGAN(Translator):
             loss_idt_b = c.lambda_b * c.lambda_identity * (self.gen_ab(b) - b).abs().mean()
             loss_idt_a = c.lambda_a * c.lambda_identity * (self.gen_ba(a) - a).abs().mean()
             loss_g = loss_g + loss_idt_a + loss_idt_b
-            losses.update(idt_a=loss_idt_a.item(), idt_b=loss_idt_b.item())
+            losses.update(idt_a=loss_idt_a.detach(), idt_b=loss_idt_b.detach())
         ctx.backward(loss_g)
         self.opt_gen.step()
 
@@ -126,9 +126,9 @@ class UVCGAN(Translator):
         ctx.backward(loss_d_a + loss_d_b)
         self.opt_disc.step()
 
-        losses.update(g_ab=loss_gan_ab.item(), g_ba=loss_gan_ba.item(), cycle_a=loss_cycle_a.item(),
-                      cycle_b=loss_cycle_b.item(), d_a=loss_d_a.item(), d_b=loss_d_b.item(),
-                      gp_a=gp_a.item(), gp_b=gp_b.item())
+        losses.update(g_ab=loss_gan_ab.detach(), g_ba=loss_gan_ba.detach(), cycle_a=loss_cycle_a.detach(),
+                      cycle_b=loss_cycle_b.detach(), d_a=loss_d_a.detach(), d_b=loss_d_b.detach(),
+                      gp_a=gp_a.detach(), gp_b=gp_b.detach())
         return losses
 
     # --- BERT-like masked pre-training ----------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class UVCGAN(Translator):
                                                                      eta_min=scale * c.pretrain_base_eta_min)
         return {"pretrain": self.opt_pretrain}, {"pretrain": sched}
 
-    def pretrain_step(self, images: torch.Tensor | Sequence[torch.Tensor], step: int, ctx) -> dict[str, float]:
+    def pretrain_step(self, images: torch.Tensor | Sequence[torch.Tensor], step: int, ctx) -> dict[str, torch.Tensor]:
         """images: (real_a, real_b), each (B, 1, H, W) in [-1, 1] (upstream `joint`: L1(a) + L1(b)), or one tensor.
 
         Each image loses ~40 % of its patches (set to 0 in [0, 1], i.e. -1 in suite range); G_ab reconstructs the whole
@@ -168,7 +168,7 @@ class UVCGAN(Translator):
         losses = [(self.gen_ab(m) - x).abs().mean() for m, x in zip(masked, targets)]
         ctx.backward(sum(losses))
         self.opt_pretrain.step()
-        return {n: loss.item() for n, loss in zip(names, losses)}
+        return {n: loss.detach() for n, loss in zip(names, losses)}
 
     def pretraining_view(self) -> Translator:
         """An object the engine can `fit` to run the pre-training (see pretraining.py)."""
