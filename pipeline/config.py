@@ -62,7 +62,10 @@ class TrainParams:
                                      "the first steps pay the compile time)")
     deterministic: bool = param(False, doc="torch deterministic algorithms (slower; used by the resume tests)")
     num_workers: int = param(0, min=0, max=64, doc="data loader worker processes (stateless sampling)", result=False)
-    threads: int = param(0, min=0, max=256, doc="torch CPU threads (0 = torch default)", result=False)
+    threads: int = param(0, min=0, max=256, result=False,
+                         doc="torch CPU threads of every stage; 0 = a fair share: the usable cores divided by the "
+                             "cxrbench stages running at that moment (`dvc queue start -j N`, other runs), "
+                             "rebalanced at each log step; OMP_NUM_THREADS in the environment wins over 0")
 
 
 @dataclass

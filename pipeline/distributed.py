@@ -109,6 +109,90 @@ def claim_gpu_slot(poll_s: float = 2.0) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# CPU threads: share the cores among the stage processes running at once (dvc queue start -j N, a user's other runs)
+# --------------------------------------------------------------------------------------------------------------------
+_CPU_LOCK: Any = None  # the open, flock-ed presence file of this process (released by the OS when it exits)
+CPU_JOIN_GRACE_S = 10.0  # a presence file younger than this is never taken for a stale one (its owner may be locking)
+
+
+def _cpu_lock_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"cxrbench-cpu-jobs-{os.getuid()}"
+    path = Path(os.environ.get("CXRBENCH_CPU_LOCK_DIR") or default)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, cgroups cpusets, a queue's allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def join_cpu_jobs() -> None:
+    """Announce this process as a running stage: an exclusively flock-ed file <pid>.lock in $CXRBENCH_CPU_LOCK_DIR
+    (default <tmp>/cxrbench-cpu-jobs-<uid>). Idempotent."""
+    global _CPU_LOCK
+    if _CPU_LOCK is not None:
+        return
+    fh = open(_cpu_lock_dir() / f"{os.getpid()}.lock", "a+")
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    _CPU_LOCK = fh
+
+
+def running_cpu_jobs() -> int:
+    """How many stage processes hold a presence file now (this one included once it joined); stale files of
+    processes that ended are removed."""
+    n = 0
+    for path in _cpu_lock_dir().glob("*.lock"):
+        if _CPU_LOCK is not None and path.name == f"{os.getpid()}.lock":
+            n += 1
+            continue
+        try:
+            fh = open(path, "a+")
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            n += 1  # held: its process is running
+        else:
+            try:
+                if time.time() - path.stat().st_mtime > CPU_JOIN_GRACE_S:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        finally:
+            fh.close()
+    return max(n, 1)
+
+
+def auto_threads_mode(requested: int) -> bool:
+    """Whether this process chooses its own thread count: `threads: 0` in params.yaml and no OMP_NUM_THREADS /
+    MKL_NUM_THREADS in the environment (a user who sets those has chosen)."""
+    return not requested and not os.environ.get("OMP_NUM_THREADS") and not os.environ.get("MKL_NUM_THREADS")
+
+
+def share_threads(requested: int = 0) -> int:
+    """Set torch's CPU threads and return them: `requested` when > 0; the environment's choice when
+    OMP_NUM_THREADS/MKL_NUM_THREADS is set; else usable cores // stage processes running now (at least 1), so two
+    stages on 2 cores take one core each instead of spin-waiting on each other. The engine calls it again at every
+    log step, so a run that started alone gives cores back when another starts, and takes them when it ends."""
+    if requested:
+        n = requested
+    elif not auto_threads_mode(requested):
+        return torch.get_num_threads()
+    else:
+        join_cpu_jobs()
+        n = max(1, usable_cores() // running_cpu_jobs())
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Set up and tear down
 # --------------------------------------------------------------------------------------------------------------------
 def setup(device: torch.device) -> tuple[int, int, torch.device]:

@@ -574,6 +574,8 @@ class Engine:
                     # before a checkpoint could keep the weights it spoiled
                     means = window.read(self.label, keep=not log_now)
                 if log_now:
+                    if distributed.auto_threads_mode(s.threads):  # give back / take cores as other stages come, go
+                        distributed.share_threads(0)
                     last = means
                     lr = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
                     rate = (self.step - done0) / max(time.perf_counter() - t0, 1e-9)

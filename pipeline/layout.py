@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import registry
+from pipeline import distributed, registry
 from pipeline.config import Params
 from pipeline.contract import Probe
 from pipeline.data.canonical import EVAL_DATASETS, extra_dataset, extra_sets, load_images, load_masks, read_manifest
@@ -100,9 +100,9 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def set_threads(params: Params) -> None:
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
+def set_threads(params: Params) -> int:
+    """A stage's torch CPU threads: train.threads, or (0) a fair share of the cores (distributed.share_threads)."""
+    return distributed.share_threads(params.train.threads)
 
 
 PROBE_IMAGES = 32  # per domain: enough for a stable mean mask AUROC, cheap enough to run at every log step

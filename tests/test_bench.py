@@ -25,3 +25,19 @@ def test_bench_writes_results_for_the_requested_translators(tmp_path):
     md = (tmp_path / "bench-cpu-64px.md").read_text()
     assert "| cyclegan | 1 |" in md and "| uvcgan | 1 |" in md
     assert "bench --models cyclegan,uvcgan --size 64 --steps 1" in results["command"]
+
+
+def test_bench_parallel_runs_the_three_scenarios_with_their_thread_counts(tmp_path):
+    """`cxrbench bench-parallel`: alone (every core), shared (train.threads: 0: cores // jobs each) and
+    oversubscribed (every core each); the figures are the benchmark's, only the structure is tested here."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "bench-parallel", "--size", "32", "--seconds", "0.2",
+                        "--out", str(tmp_path)], capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "parallel-cyclegan-2jobs.json").read_text())
+    threads = {name: [p["threads"] for p in runs] for name, runs in result["scenarios"].items()}
+    assert threads == {"alone": [cores], "shared": [max(1, cores // 2)] * 2, "oversubscribed": [cores] * 2}
+    assert all(p["steps"] > 0 and p["slowdown"] > 0 for runs in result["scenarios"].values() for p in runs)
+    assert "target <= 3x" in (tmp_path / "parallel-cyclegan-2jobs.md").read_text()

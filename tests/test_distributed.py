@@ -290,3 +290,52 @@ def test_parallel_runs_take_different_gpu_slots(tmp_path, monkeypatch):
         for proc in procs.values():
             proc.kill()
             proc.wait()
+
+
+SHARE = """
+import sys, torch
+from pipeline import distributed
+print(distributed.share_threads(0), flush=True)      # alone or not, when it starts
+for line in sys.stdin:                                 # on request: rebalance (the engine does it per log step)
+    print(distributed.share_threads(0), flush=True)
+"""
+
+
+def test_concurrent_stages_share_the_cores_and_rebalance(tmp_path, monkeypatch):
+    """train.threads: 0 under `dvc queue start -j N`: each stage takes usable cores // stages running now, and
+    gives cores back / takes them as others start and end. The children see 4 usable cores (patched, so the test
+    means the same on any machine): the shares are 4 alone, 2 each with two, 4 again when one ends."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    env = {k: v for k, v in cli_env({"PYTHONPATH": str(PROJECT), "CXRBENCH_CPU_LOCK_DIR": str(tmp_path)}).items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    code = "from pipeline import distributed; distributed.usable_cores = lambda: 4\n" + SHARE
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=env)
+
+    def ask(proc) -> int:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return int(proc.stdout.readline())
+
+    first = start()
+    second = None
+    try:
+        assert int(first.stdout.readline()) == 4  # alone: every core
+        second = start()
+        assert int(second.stdout.readline()) == 2  # two stages: half each
+        assert ask(first) == 2  # the first gives half back at its next log step
+        second.stdin.close()
+        second.wait(timeout=30)  # the second ends: its presence file is released by the OS
+        assert ask(first) == 4
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    # an explicit choice wins: train.threads > 0, or OMP_NUM_THREADS in the environment
+    assert distributed.share_threads(1) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert not distributed.auto_threads_mode(0)

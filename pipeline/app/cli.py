@@ -195,6 +195,12 @@ def cmd_bench_data(args) -> None:
     run_data_bench(args)
 
 
+def cmd_bench_parallel(args) -> None:
+    from pipeline.app.bench_parallel import run_parallel_bench
+
+    run_parallel_bench(args)
+
+
 def cmd_bench(args) -> None:
     from pipeline.app.bench import run_bench
 
@@ -294,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (auto: bf16 autocast on a GPU)")
     s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
     s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("bench-parallel", help="concurrent stages: slowdown with shared vs all-core threads",
+                       description="Trains one method alone, then --jobs copies at once with shared threads "
+                                   "(train.threads: 0) and with every core each; writes "
+                                   "reports/bench/parallel-<method>-<jobs>jobs.json and .md.")
+    s.add_argument("--model", default="cyclegan", help="method whose train_step is the workload (default cyclegan)")
+    s.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
+    s.add_argument("--jobs", type=int, default=2, help="concurrent processes (default 2)")
+    s.add_argument("--seconds", type=float, default=20.0, help="timed wall seconds per process (default 20)")
+    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
+    s.set_defaults(fn=cmd_bench_parallel)
     s = sub.add_parser("bench-data", help="real-data conversion throughput into reports/bench/",
                        description="Writes RSNA-format DICOMs (1024 px) and JSRT .IMG (2048 px) + SCR masks into "
                                    "--work, converts them with the data stage's code per worker count and once "

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.auroc import per_label_auroc
 from pipeline.data import canonical
 from pipeline.data.canonical import NIH14
@@ -31,6 +32,8 @@ def run_prior_stage(params: Any, data_root: Path, out_dir: Path, progress: bool 
     """The `prior` stage: convert params.prior.weights or train on `data_root/<prior.dataset>` (train split), then
     report per-label AUROC on its test split. Writes out_dir/prior.pt and out_dir/prior.json; returns the summary."""
     pp = params.prior
+    if hasattr(params, "train"):
+        distributed.share_threads(params.train.threads)
     device = select_device(getattr(getattr(params, "train", None), "device", "auto"))
     dataset_dir = Path(data_root) / pp.dataset
     df = canonical.read_manifest(dataset_dir)
