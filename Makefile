@@ -17,7 +17,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install repro test browser ui bench clean-outputs publish-cpu-rank
+.PHONY: install repro test browser ui bench gpu-check clean-outputs publish-cpu-rank
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ ui: install
 
 bench: install
 	$(BIN)/cxrbench bench
+
+# the one-shot GPU measurement on a bare GPU machine (torch, timm, pandas, scipy preinstalled; no venv, no install):
+# `make gpu-check` there writes reports/bench/gpu-<device>.json and .md in under 8 minutes on one H100/H200
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pipeline.app.gpu_check $(GPU_CHECK_ARGS)
 
 clean-outputs:
 	rm -rf data models checkpoints outputs metrics curves cache/fid

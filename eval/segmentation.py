@@ -33,6 +33,8 @@ SEGMENTERS = ("pspnet", "unet", "cenet", "vgg16bn_unet")
 
 def build_segmenter(name: str) -> nn.Module:
     """(B, 1, H, W) in [-1, 1] -> lung logits (B, 1, H, W)."""
+    if name == "cenet":  # ours: needs no segmentation-models-pytorch (the gpu-check runs where it is missing)
+        return CENet(in_channels=1, classes=1)
     import segmentation_models_pytorch as smp  # lazy: after pipeline's offline switches (it imports huggingface_hub)
 
     common = dict(encoder_weights=None, in_channels=1, classes=1)  # offline: never download encoder weights
@@ -42,8 +44,6 @@ def build_segmenter(name: str) -> nn.Module:
         return smp.Unet(encoder_name="resnet34", **common)
     if name == "vgg16bn_unet":
         return smp.Unet(encoder_name="vgg16_bn", **common)
-    if name == "cenet":
-        return CENet(in_channels=1, classes=1)
     raise EvalError(f"params.yaml eval.segmenters: unknown segmenter {name!r}; known: {', '.join(SEGMENTERS)}")
 
 

@@ -56,7 +56,8 @@ class TrainParams:
     log_every: int = param(100, min=1, doc="iterations between logged loss rows", result=False)
     device: Literal["auto", "cpu", "cuda"] = param("auto", result=False,
                                                    doc="a run may resume on another device")
-    precision: Literal["auto", "fp32", "bf16"] = param("auto", doc="auto = bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = param("auto", doc="auto = bf16 autocast on CUDA, fp32 on CPU (same numbers on "
+                                                                        "every CPU; bf16 there only with AVX512-BF16/AMX, else ~30x slower)")
     channels_last: bool = param(True, doc="channels_last memory format on CUDA")
     compile: bool = param(False, doc="torch.compile each trainable network in place (forward calls; CPU and CUDA; "
                                      "the first steps pay the compile time)")

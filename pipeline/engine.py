@@ -72,9 +72,24 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo). Without it torch
+    emulates bf16 matmuls and convolutions: measured here (AMD EPYC Zen 3, 2 threads) CycleGAN's step at 64 px and
+    official widths ran at 0.020 it/s under bf16 autocast against 0.64 in fp32, 32x slower."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (no loss scaling needed); None = full fp32 (the CPU default)."""
+    """bf16 autocast on CUDA (no loss scaling needed); None = full fp32 (the CPU default: the same numbers on every
+    CPU, whatever its bf16 support). `bf16` on a CPU without native bf16 runs, with a warning saying what it costs."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        if device.type == "cpu" and not cpu_bf16_native():
+            warnings.warn("train.precision: bf16 on a CPU without AVX512-BF16/AMX is emulated and about 30x slower "
+                          "than fp32 (measured); set train.precision: fp32 or auto", stacklevel=2)
         return torch.bfloat16
     return None
 

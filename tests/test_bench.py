@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import cli_env
 
@@ -41,3 +42,98 @@ def test_bench_parallel_runs_the_three_scenarios_with_their_thread_counts(tmp_pa
     assert threads == {"alone": [cores], "shared": [max(1, cores // 2)] * 2, "oversubscribed": [cores] * 2}
     assert all(p["steps"] > 0 and p["slowdown"] > 0 for runs in result["scenarios"].values() for p in runs)
     assert "target <= 3x" in (tmp_path / "parallel-cyclegan-2jobs.md").read_text()
+
+
+BARE = """
+import sys
+from pathlib import Path
+BLOCKED = {"mlflow", "dvc", "torch_fidelity", "segmentation_models_pytorch", "ultralytics", "pydicom"}
+
+
+class Bare:  # a bare GPU image: these packages are not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Bare())
+from pipeline.app.gpu_check import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_gpu_check_runs_on_cpu_without_the_packages_a_bare_gpu_image_lacks(tmp_path):
+    """`make gpu-check`'s script, CPU path, tiny sizes, with MLflow, DVC, torch-fidelity, smp, ultralytics and
+    pydicom made unimportable: every part runs (bench, training through the engine on freshly rendered DRR images,
+    evaluation throughput), the parts that need a missing package say "skipped", and the JSON + markdown exist."""
+    env = {k: v for k, v in cli_env().items()}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", BARE, "--device", "cpu", "--methods", "cyclegan,ours", "--size", "64",
+                        "--batch", "1", "--steps", "1", "--precision", "fp32", "--train-size", "64",
+                        "--iterations", "2", "--images", "2", "--eval-images", "4", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-cpu.json").read_text())
+    assert [b["method"] for b in result["bench"]] == ["cyclegan", "ours"]
+    assert all("error" not in b and b["iterations_per_s"] > 0 for b in result["bench"]), result["bench"]
+    assert result["render"]["images"] == 4
+    assert [t["method"] for t in result["train"]] == ["ours", "cyclegan"]
+    assert all("error" not in t and t["iterations"] == 2 and t["it_per_s"] > 0 for t in result["train"]), \
+        result["train"]
+    ev = result["evaluation"]
+    assert isinstance(ev["segmenter cenet"], float) and isinstance(ev["cxr-densenet features (FID)"], float), ev
+    assert ev["segmenter pspnet"] == "skipped: segmentation_models_pytorch not installed", ev
+    assert ev["YOLOv5n detection"].startswith("skipped: ultralytics"), ev
+    assert isinstance(ev["cyclegan translate (incl. host->device)"], float), ev
+    assert "## Bench: 64 px, batch 1, fp32" in (tmp_path / "gpu-cpu.md").read_text()
+
+
+FAKE_CYCLEGAN = """
+import torch
+from util.image_pool import ImagePool
+
+
+class CycleGANModel:  # stands in for the official class: the harness's calls, a tiny conv step
+    def __init__(self, opt):
+        assert opt.input_nc == 1 and opt.ngf == 64 and opt.lambda_identity == 0.5
+        self.net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.opt = torch.optim.Adam(self.net.parameters())
+        self.calls = 0
+
+    def set_input(self, batch):
+        self.a, self.b = batch["A"], batch["B"]
+
+    def optimize_parameters(self):
+        self.opt.zero_grad()
+        (self.net(self.a) - self.b).abs().mean().backward()
+        self.opt.step()
+"""
+
+
+def test_bench_official_interleaves_both_sides_and_leaves_no_official_module_behind(tmp_path):
+    """The side-by-side harness with a stand-in for the official checkout (the real one is the user's, never part of
+    the project): both sides timed in every round, the ratio is cxrbench / official, the official top-level
+    modules (`models`, `util`) are gone from sys.modules afterwards; a missing checkout is a one-line error."""
+    import types
+
+    from pipeline.app.bench_official import run_official_bench, side_by_side
+    from pipeline.errors import CxrbenchError
+
+    root = tmp_path / "official"
+    (root / "cyclegan" / "models").mkdir(parents=True)
+    (root / "cyclegan" / "util").mkdir()
+    (root / "cyclegan" / "models" / "cycle_gan_model.py").write_text(FAKE_CYCLEGAN)
+    (root / "cyclegan" / "models" / "networks.py").write_text("")
+    (root / "cyclegan" / "util" / "image_pool.py").write_text("class ImagePool:\n    pass\n")
+    row = side_by_side("cyclegan", root, 64, rounds=2, steps=1)
+    assert len(row["it_per_s"]["cxrbench"]) == len(row["it_per_s"]["official"]) == 2
+    assert row["ratio"] == round(row["median_it_per_s"]["cxrbench"] / row["median_it_per_s"]["official"], 3)
+    assert "models" not in sys.modules and "util" not in sys.modules
+    args = types.SimpleNamespace(official=str(root), methods="unit", size=64, rounds=1, steps=1, threads=0,
+                                 precision="fp32", out=str(tmp_path / "out"))
+    try:
+        run_official_bench(args)
+        raise AssertionError("a missing UNIT checkout must be an error")
+    except CxrbenchError as exc:
+        assert "unit/trainer.py: not found" in str(exc) and "mingyuliutw/UNIT" in str(exc), exc

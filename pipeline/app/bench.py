@@ -213,13 +213,15 @@ def bench_evaluation(device: torch.device, size: int, n: int = 32) -> dict[str, 
         out["cxr-densenet features (FID)"] = _rate(lambda: prior.pooled(x), n, device)
     except Exception as exc:  # noqa: BLE001
         out["cxr-densenet features (FID)"] = f"error: {str(exc).splitlines()[0][:80]}"
-    try:
-        for name in ("pspnet", "unet", "cenet", "vgg16bn_unet"):
+    for name in ("pspnet", "unet", "cenet", "vgg16bn_unet"):
+        try:
             model = build_segmenter(name).to(device).eval()
-            out[f"segmenter {name}"] = _rate(lambda: predict_lungs(model, images, size, device, batch_size=n),
+            out[f"segmenter {name}"] = _rate(lambda: predict_lungs(model, images, size, device, batch_size=32),
                                              n, device)
-    except Exception as exc:  # noqa: BLE001
-        out["segmenters"] = f"error: {str(exc).splitlines()[0][:80]}"
+        except ImportError as exc:  # a bare GPU machine (gpu-check) may lack segmentation-models-pytorch
+            out[f"segmenter {name}"] = f"skipped: {exc.name or exc} not installed"
+        except Exception as exc:  # noqa: BLE001
+            out[f"segmenter {name}"] = f"error: {str(exc).splitlines()[0][:80]}"
     try:
         switch_off_integrations()
         from ultralytics import YOLO  # lazy: only after switch_off_integrations()
@@ -233,6 +235,8 @@ def bench_evaluation(device: torch.device, size: int, n: int = 32) -> dict[str, 
             dev = "0" if device.type == "cuda" else "cpu"
             out["YOLOv5n detection"] = _rate(lambda: model.predict(paths, imgsz=max(64, size // 32 * 32),
                                                                     device=dev, verbose=False, save=False), n, device)
+    except ImportError as exc:
+        out["YOLOv5n detection"] = f"skipped: {exc.name or exc} not installed"
     except Exception as exc:  # noqa: BLE001
         out["YOLOv5n detection"] = f"error: {str(exc).splitlines()[0][:80]}"
     return out

@@ -201,6 +201,18 @@ def cmd_bench_parallel(args) -> None:
     run_parallel_bench(args)
 
 
+def cmd_bench_official(args) -> None:
+    from pipeline.app.bench_official import run_official_bench
+
+    run_official_bench(args)
+
+
+def cmd_gpu_check(args) -> None:
+    from pipeline.app.gpu_check import run
+
+    run(args)
+
+
 def cmd_bench(args) -> None:
     from pipeline.app.bench import run_bench
 
@@ -310,6 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=20.0, help="timed wall seconds per process (default 20)")
     s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
     s.set_defaults(fn=cmd_bench_parallel)
+    s = sub.add_parser("bench-official", help="our training step vs the official code's, interleaved",
+                       description="Times CycleGAN / UNIT training steps of cxrbench and of the official "
+                                   "implementations (your checkouts under --official DIR: cyclegan/, unit/) in "
+                                   "alternating rounds at the official widths; writes "
+                                   "reports/bench/official-side-by-side-<size>px.json and .md.")
+    s.add_argument("--official", required=True, help="folder with cyclegan/ and unit/ (official checkouts)")
+    s.add_argument("--methods", default="cyclegan,unit", help="comma-separated (default cyclegan,unit)")
+    s.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
+    s.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    s.add_argument("--steps", type=int, default=5, help="timed iterations per side per round (default 5)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    s.add_argument("--precision", default="fp32,bf16", help="our side: fp32, bf16 or both (default fp32,bf16)")
+    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
+    s.set_defaults(fn=cmd_bench_official)
+    s = sub.add_parser("gpu-check", help="one-shot GPU measurement (bench at 512 px, training, evaluation)",
+                       description="The prepared GPU check (pipeline/app/gpu_check.py): every method at 512 px, "
+                                   "batch 2, bf16; 200 iterations of ours and CycleGAN on DRR images rendered on "
+                                   "the GPU; evaluation throughput on 1,000 images. Writes gpu-<device>.json/.md.")
+    from pipeline.app.gpu_check import add_arguments as gpu_check_arguments  # argparse only: no torch import
+
+    gpu_check_arguments(s)
+    s.set_defaults(fn=cmd_gpu_check)
     s = sub.add_parser("bench-data", help="real-data conversion throughput into reports/bench/",
                        description="Writes RSNA-format DICOMs (1024 px) and JSRT .IMG (2048 px) + SCR masks into "
                                    "--work, converts them with the data stage's code per worker count and once "
