@@ -61,6 +61,9 @@ class TrainParams:
     channels_last: bool = param(True, doc="channels_last memory format on CUDA")
     compile: bool = param(False, doc="torch.compile each trainable network in place (forward calls; CPU and CUDA; "
                                      "the first steps pay the compile time)")
+    activation_checkpointing: bool = param(
+        False, result=False, doc="recompute the generators' block activations in the backward pass instead of "
+                                 "keeping them (less memory, ~1/3 more compute there; same results: tested)")
     deterministic: bool = param(False, doc="torch deterministic algorithms (slower; used by the resume tests)")
     num_workers: int = param(0, min=0, max=64, doc="data loader worker processes (stateless sampling)", result=False)
     threads: int = param(0, min=0, max=256, result=False,

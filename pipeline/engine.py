@@ -547,6 +547,8 @@ class Engine:
         t.to(self.device)
         if self.device.type == "cuda" and s.channels_last:
             t.to(memory_format=torch.channels_last)
+        if s.activation_checkpointing:
+            checkpoint_activations(t)
         if s.compile:
             compile_networks(t)
         distributed.broadcast_module(t)  # every rank starts from rank 0's weights (no-op in a single process)
@@ -636,9 +638,43 @@ def compile_networks(translator: Translator) -> list[str]:
     return done
 
 
+# The generators' repeated blocks, by class name: residual blocks (CycleGAN, UNIT, MUNIT, DRIT, ours) and UVCGAN's
+# U-Net levels. A method with other names lists its own in `checkpoint_block_names` (a regex on the class name).
+CHECKPOINT_BLOCKS = r"(ResBlock|ResnetBlock|ResBlockIN|AdaINResBlock|EncoderLevel|DecoderLevel)$"
+
+
+def checkpoint_activations(translator: Translator) -> list[str]:
+    """train.activation_checkpointing: every trainable block (CHECKPOINT_BLOCKS, outermost match only) keeps only its
+    input for the backward pass and recomputes its activations there (torch.utils.checkpoint, non-reentrant, RNG state
+    preserved: the same numbers, less memory, about a third more compute in those blocks). No-grad calls (inference,
+    detached passes) run the block as it is. Returns the names wrapped; idempotent."""
+    import re
+
+    from torch.utils.checkpoint import checkpoint
+
+    pattern = re.compile(getattr(translator, "checkpoint_block_names", CHECKPOINT_BLOCKS))
+    done: list[str] = []
+    for name, module in translator.named_modules():
+        if any(name.startswith(d + ".") for d in done) or getattr(module, "_checkpointed", False):
+            continue
+        if not pattern.search(type(module).__name__) or not any(p.requires_grad for p in module.parameters()):
+            continue
+        forward = module.forward
+
+        def run(*args, _forward=forward, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+        module.forward = run
+        module._checkpointed = True
+        done.append(name)
+    return done
+
+
 def oom_message(label: str, t: Translator, exc: BaseException) -> str:
     return (f"{label}: out of memory at {t.image_size}px with batch {t.batch_size} ({str(exc).splitlines()[0][:80]}); "
-            "lower data.resolution or the method's batch_size in params.yaml, or set train.precision: bf16")
+            "lower data.resolution or the method's batch_size in params.yaml, or set train.precision: bf16 and "
+            "train.activation_checkpointing: true")
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):

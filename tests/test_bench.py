@@ -137,3 +137,21 @@ def test_bench_official_interleaves_both_sides_and_leaves_no_official_module_beh
         raise AssertionError("a missing UNIT checkout must be an error")
     except CxrbenchError as exc:
         assert "unit/trainer.py: not found" in str(exc) and "mingyuliutw/UNIT" in str(exc), exc
+
+
+def test_bench_memory_measures_each_method_in_its_own_process_with_and_without_checkpointing(tmp_path):
+    """`cxrbench bench-memory`: one row per (method, size, checkpointing) with the peak above the process's
+    baseline; --append keeps earlier rows; the markdown says whether each fits the 24 GB budget."""
+    def bench(*extra):
+        r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "bench-memory", "--models", "cyclegan",
+                            "--batch", "1", "--out", str(tmp_path), *extra], capture_output=True, text=True,
+                           env=cli_env(), timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads((tmp_path / "memory-cpu.json").read_text())["rows"]
+
+    rows = bench("--sizes", "64")
+    assert [(r["size"], r["checkpointing"]) for r in rows] == [(64, False), (64, True)]
+    assert all(r["peak_mb"] > r["baseline_mb"] > 0 and r["parameters_m"] > 0 for r in rows), rows
+    rows = bench("--sizes", "96", "--checkpointing", "on", "--append")
+    assert sorted((r["size"], r["checkpointing"]) for r in rows) == [(64, False), (64, True), (96, True)]
+    assert "| cyclegan | 96 | 1 | fp32 | True |" in (tmp_path / "memory-cpu.md").read_text()

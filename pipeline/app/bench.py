@@ -8,6 +8,7 @@ the four segmenters and YOLO inference.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -240,3 +241,94 @@ def bench_evaluation(device: torch.device, size: int, n: int = 32) -> dict[str, 
     except Exception as exc:  # noqa: BLE001
         out["YOLOv5n detection"] = f"error: {str(exc).splitlines()[0][:80]}"
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memory: peak of a process that runs one method's training step and nothing else (`cxrbench bench-memory`)
+# --------------------------------------------------------------------------------------------------------------------
+def memory_step(name: str, size: int, batch: int, precision: str, checkpointing: bool,
+                device: torch.device) -> dict[str, Any]:
+    """Peak memory of one training step (optimizer states included: Adam allocates them in the first step) of
+    `name` at the paper's (official) widths. CPU: peak resident set of this process (an upper bound of what the
+    same step allocates on a GPU: it includes torch's libraries, ~0.5 GB, reported as `baseline`); CUDA: max
+    allocated."""
+    from pipeline.contract import StepContext
+    from pipeline.engine import autocast_dtype, checkpoint_activations
+
+    baseline = _peak_memory_mb(device)
+    seed_everything(0)
+    cfg = method_config(name, "paper")
+    cfg.batch_size = batch
+    t = registry.get(name)(cfg, in_channels=1, image_size=size).to(device)
+    if checkpointing:
+        checkpoint_activations(t)
+    t.configure_optimizers(10)
+    dtype = autocast_dtype(precision, device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    ctx = StepContext(device, 0, 1, backward=lambda loss, **kw: loss.backward(**kw), autocast=autocast)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    a = torch.rand(batch, 1, size, size, device=device) * 2 - 1
+    b = torch.rand(batch, 1, size, size, device=device) * 2 - 1
+    t.train()
+    step = max(0, int(getattr(cfg, "d_iter", 1)) - 1)  # DRIT: steps before d_iter - 1 update the content D only
+    t0 = time.perf_counter()
+    with autocast():
+        t.train_step(a, b, step, ctx)
+    _sync(device)
+    return {"method": name, "size": size, "batch": batch, "precision": precision, "checkpointing": checkpointing,
+            "device": device.type, "peak_mb": round(_peak_memory_mb(device), 1), "baseline_mb": round(baseline, 1),
+            "step_s": round(time.perf_counter() - t0, 2),
+            "parameters_m": round(sum(p.numel() for p in t.parameters()) / 1e6, 3)}
+
+
+def run_memory_bench(args) -> dict[str, Any]:
+    device = select_device(args.device)
+    names = [n.strip() for n in args.models.split(",") if n.strip()] or registry.names()
+    sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.checkpointing]
+    out = Path(args.out)
+    path = out / f"memory-{device.type}.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() and args.append else []
+    for size in sizes:
+        for name in names:
+            for ckpt in modes:
+                code = ("import json, torch; from pipeline.app.bench import memory_step; "
+                        f"torch.set_num_threads({torch.get_num_threads()}); "
+                        f"r = memory_step({name!r}, {size}, {args.batch}, {args.precision!r}, {ckpt}, "
+                        f"torch.device({str(device)!r})); print('RESULT ' + json.dumps(r))")
+                print(f"memory: {name} at {size} px, batch {args.batch}, {args.precision}, checkpointing {ckpt}",
+                      flush=True)
+                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                r = json.loads(line[7:]) if line else {
+                    "method": name, "size": size, "batch": args.batch, "precision": args.precision,
+                    "checkpointing": ckpt, "device": device.type,
+                    "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:160]
+                    if proc.returncode > 0 else f"killed (signal {-proc.returncode}: out of memory?)"}
+                rows = [x for x in rows if (x["method"], x["size"], x["batch"], x["precision"], x["checkpointing"])
+                        != (name, size, args.batch, args.precision, ckpt)] + [r]
+                print(json.dumps(r), flush=True)
+    result = {"command": " ".join(["cxrbench"] + sys.argv[1:]) if sys.argv[0].endswith("cxrbench")
+              else " ".join(sys.argv), "environment": environment(device), "budget_gb": 24.0, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(result, indent=2) + "\n")
+    lines = [f"# Peak memory of one training step ({device.type}), paper (official) widths", "",
+             f"Command (last): `{result['command']}`", "",
+             "CPU: peak resident set of a process that runs only that method's step (torch's libraries included: "
+             "`baseline`); an upper bound of the same step's CUDA allocation. Budget: 24 GB (the paper's RTX 3090).",
+             "", "| method | size | batch | precision | checkpointing | peak GB | baseline GB | within 24 GB | step s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda x: (x["size"], x["method"], x["precision"], x["checkpointing"])):
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['size']} | {r['batch']} | {r['precision']} | {r['checkpointing']} | "
+                         f"{r['error']} | | no | |")
+            continue
+        gb = r["peak_mb"] / 1024
+        lines.append(f"| {r['method']} | {r['size']} | {r['batch']} | {r['precision']} | {r['checkpointing']} | "
+                     f"{gb:.2f} | {r['baseline_mb'] / 1024:.2f} | {'yes' if gb <= 24 else 'no'} | {r['step_s']} |")
+    atomic_write(path.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result

@@ -195,6 +195,12 @@ def cmd_bench_data(args) -> None:
     run_data_bench(args)
 
 
+def cmd_bench_memory(args) -> None:
+    from pipeline.app.bench import run_memory_bench
+
+    run_memory_bench(args)
+
+
 def cmd_bench_parallel(args) -> None:
     from pipeline.app.bench_parallel import run_parallel_bench
 
@@ -312,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (auto: bf16 autocast on a GPU)")
     s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
     s.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("bench-memory", help="peak memory of one training step per method into reports/bench/",
+                       description="Each method's training step at the paper's widths in a process of its own: "
+                                   "CPU peak resident set (CUDA: max allocated), with and without activation "
+                                   "checkpointing; writes reports/bench/memory-<device>.json and .md.")
+    s.add_argument("--models", default="", help="comma-separated methods (default: all registered)")
+    s.add_argument("--sizes", default="256", help="comma-separated image sides (default 256)")
+    s.add_argument("--batch", type=int, default=2, help="images per domain (default 2, the paper's)")
+    s.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto")
+    s.add_argument("--checkpointing", default="both", choices=("both", "on", "off"))
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    s.add_argument("--append", action="store_true", help="keep the rows of earlier runs (other sizes, methods)")
+    s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
+    s.set_defaults(fn=cmd_bench_memory)
     s = sub.add_parser("bench-parallel", help="concurrent stages: slowdown with shared vs all-core threads",
                        description="Trains one method alone, then --jobs copies at once with shared threads "
                                    "(train.threads: 0) and with every core each; writes "
