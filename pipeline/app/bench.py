@@ -313,22 +313,42 @@ def run_memory_bench(args) -> dict[str, Any]:
                 print(json.dumps(r), flush=True)
     result = {"command": " ".join(["cxrbench"] + sys.argv[1:]) if sys.argv[0].endswith("cxrbench")
               else " ".join(sys.argv), "environment": environment(device), "budget_gb": 24.0, "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
+    return write_memory_table(path, result)
+
+
+def write_memory_table(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """memory-<device>.json and .md from measured rows, each beside `cxrbench check`'s fake-tensor estimate of the
+    same step (pipeline.memory), so the estimate's calibration is visible: measured step / estimate."""
+    from pipeline.memory import MARGIN, estimate_step
+
+    for r in result["rows"]:
+        if "error" not in r:
+            est = estimate_step(r["method"], method_config(r["method"], "paper"), r["size"], r["batch"],
+                                r["precision"], r["checkpointing"], device_type=r["device"])
+            r["estimate_mb"] = round(est.peak_bytes / 2**20, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(result, indent=2) + "\n")
-    lines = [f"# Peak memory of one training step ({device.type}), paper (official) widths", "",
+    device = path.stem.split("-", 1)[1]
+    lines = [f"# Peak memory of one training step ({device}), paper (official) widths", "",
              f"Command (last): `{result['command']}`", "",
              "CPU: peak resident set of a process that runs only that method's step (torch's libraries included: "
-             "`baseline`); an upper bound of the same step's CUDA allocation. Budget: 24 GB (the paper's RTX 3090).",
-             "", "| method | size | batch | precision | checkpointing | peak GB | baseline GB | within 24 GB | step s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda x: (x["size"], x["method"], x["precision"], x["checkpointing"])):
+             "`baseline`); an upper bound of the same step's CUDA allocation. Budget: 24 GB (the paper's RTX 3090). "
+             "`estimate`: the same step counted on fake tensors by `cxrbench check` (pipeline/memory.py: every "
+             "storage alive, no allocator overhead); `ratio` = (peak - baseline) / estimate; check warns when "
+             f"estimate x {MARGIN} + 0.7 GB exceeds the device's memory.",
+             "", "| method | size | batch | precision | checkpointing | peak GB | baseline GB | within 24 GB | step s "
+             "| estimate GB | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(result["rows"], key=lambda x: (x["size"], x["method"], x["precision"], x["checkpointing"])):
         if "error" in r:
             lines.append(f"| {r['method']} | {r['size']} | {r['batch']} | {r['precision']} | {r['checkpointing']} | "
-                         f"{r['error']} | | no | |")
+                         f"{r['error']} | | no | | | |")
             continue
         gb = r["peak_mb"] / 1024
+        ratio = (r["peak_mb"] - r["baseline_mb"]) / r["estimate_mb"]
         lines.append(f"| {r['method']} | {r['size']} | {r['batch']} | {r['precision']} | {r['checkpointing']} | "
-                     f"{gb:.2f} | {r['baseline_mb'] / 1024:.2f} | {'yes' if gb <= 24 else 'no'} | {r['step_s']} |")
+                     f"{gb:.2f} | {r['baseline_mb'] / 1024:.2f} | {'yes' if gb <= 24 else 'no'} | {r['step_s']} | "
+                     f"{r['estimate_mb'] / 1024:.2f} | {ratio:.2f} |")
     atomic_write(path.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return result

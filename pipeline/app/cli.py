@@ -61,6 +61,15 @@ def cmd_check(args) -> None:
             print(f"error: {e}", file=sys.stderr)
         raise DataError(errors[0] + (f" ({len(errors)} problems; the others above)" if len(errors) > 1 else ""))
     print("data plan OK")
+    if not getattr(args, "skip_memory", False):
+        from pipeline.memory import check_memory
+
+        lines, warns = check_memory(params)
+        print("training memory (one step, estimated on fake tensors):")
+        for line in lines:
+            print(f"  {line}")
+        for w in warns:
+            print(f"warning: {w}")
 
 
 def cmd_models(args) -> None:
@@ -247,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("profile", help="write a profile's values into params.yaml")
     s.add_argument("name", help="cpu | ci | gpu-quick | paper")
     s.set_defaults(fn=cmd_profile)
-    sub.add_parser("check", help="validate params.yaml and the registry").set_defaults(fn=cmd_check)
+    s = sub.add_parser("check", help="validate params.yaml, the registry, the data plan and each model's training "
+                                     "memory against the device")
+    s.add_argument("--skip-memory", action="store_true",
+                   help="do not estimate each model's training-step memory (a few seconds per model at 512 px)")
+    s.set_defaults(fn=cmd_check)
     sub.add_parser("models", help="list registered translators").set_defaults(fn=cmd_models)
     sub.add_parser("data", help="stage: build the datasets (DRR benchmark or adapters)").set_defaults(fn=cmd_data)
     sub.add_parser("prior", help="stage: train or convert the CheXNet-style prior").set_defaults(fn=cmd_prior)
