@@ -549,6 +549,11 @@ class Engine:
             t.to(memory_format=torch.channels_last)
         if s.activation_checkpointing:
             checkpoint_activations(t)
+        if s.activation_checkpointing and not any(getattr(m, "_checkpointed", False) for m in t.modules()):
+            pattern = getattr(t, "checkpoint_block_names", CHECKPOINT_BLOCKS)
+            warnings.warn(f"train.activation_checkpointing: no block of {t.name} matched {pattern!r}, so "
+                          "nothing is recomputed and memory is as without it; set the translator's "
+                          "checkpoint_block_names to a regex of its generator blocks' class names", stacklevel=2)
         if s.compile:
             compile_networks(t)
         distributed.broadcast_module(t)  # every rank starts from rank 0's weights (no-op in a single process)

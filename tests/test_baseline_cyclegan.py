@@ -125,7 +125,7 @@ def test_train_step_translate_and_pool_state(tmp_path):
     before_d = [p.detach().clone() for p in t.disc_b.parameters()]
     losses = t.train_step(a, b, 0, eng)
     assert set(losses) == {"g_ab", "g_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b"}
-    assert all(isinstance(v, float) and np.isfinite(v) for v in losses.values())
+    assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in losses.values())  # contract: detached 0-dim tensors
     assert any(not p.equal(q) for p, q in zip(t.gen_ab.parameters(), before_g))  # G and D both updated
     assert any(not p.equal(q) for p, q in zip(t.disc_b.parameters(), before_d))
     assert all(p.requires_grad for p in t.disc_a.parameters())  # requires_grad restored after the G step

@@ -146,7 +146,7 @@ def test_pretraining_step_loss_and_transfer(tmp_path):
     assert losses["pretrain_b"] == pytest.approx(expected[1], rel=1e-5)
     assert any(not p.equal(q) for p, q in zip(t.gen_ab.parameters(), ab_before))
     assert all(p.equal(q) for p, q in zip(t.gen_ba.parameters(), ba_before))  # only the pre-trained G moves
-    assert np.isfinite(t.pretrain_step(a, 1, eng)["pretrain_0"])  # a single tensor works too
+    assert torch.isfinite(t.pretrain_step(a, 1, eng)["pretrain_0"])  # a single tensor works too
     # transfer: both generators start from the pre-trained weights
     t2 = ci_translator(seed=1)
     t2.load_pretrained(t.pretrained_state())
@@ -168,7 +168,7 @@ def test_train_step_translate_and_pool_state(tmp_path):
     before = [p.detach().clone() for p in t.disc_a.parameters()]
     losses = t.train_step(a, b, 0, eng)
     assert {"g_ab", "g_ba", "cycle_a", "cycle_b", "idt_a", "idt_b", "d_a", "d_b", "gp_a", "gp_b"} == set(losses)
-    assert all(isinstance(v, float) and np.isfinite(v) for v in losses.values())
+    assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in losses.values())  # contract: detached 0-dim tensors
     # gradients w.r.t. [0, 1] images are far below gamma = 100 at init: GP ~ 1e-5 * 100^2 = 0.1
     assert 0.05 < losses["gp_a"] <= 0.1
     assert any(not p.equal(q) for p, q in zip(t.disc_a.parameters(), before))

@@ -172,7 +172,8 @@ def test_activation_checkpointing_gives_the_same_weights(name):
     for wrapped in (False, True):
         t = build(name, seed=0)
         if wrapped:
-            assert checkpoint_activations(t), f"{name}: no block matched CHECKPOINT_BLOCKS"
+            assert checkpoint_activations(t), (f"{name}: no block matched CHECKPOINT_BLOCKS; name the generator's "
+                                               "repeated blocks so, or set the translator's checkpoint_block_names")
             assert checkpoint_activations(t) == []  # idempotent
         eng = ready(t)
         t.train()

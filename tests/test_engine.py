@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,19 @@ def test_a_comment_or_docstring_is_not_new_code_but_a_changed_constant_is(tmp_pa
     assert source_hash(pkg) == before
     (pkg / "model.py").write_text(base.replace("x + 1", "x + 1.5"))
     assert source_hash(pkg) != before
+
+
+def test_activation_checkpointing_that_wraps_nothing_says_so_and_how_to_fix(tmp_path):
+    """The toy's generator is a plain Sequential: nothing matches, so the run warns (naming the method and the
+    translator attribute to set) instead of silently using the memory of a run without it; a matching regex wraps
+    its Sequential and the warning goes away."""
+    a, b = _data()
+    t = ToyTranslator(ToyConfig())
+    with pytest.warns(UserWarning, match=r"no block of toy matched .*set the translator's checkpoint_block_names"):
+        Engine(t, _settings(2, activation_checkpointing=True), tmp_path / "a", seed=3).fit(a, b)
+    t = ToyTranslator(ToyConfig())
+    t.checkpoint_block_names = r"^Sequential$"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Engine(t, _settings(2, activation_checkpointing=True), tmp_path / "b", seed=3).fit(a, b)
+    assert all(getattr(m, "_checkpointed", False) for m in (t.g, t.d))

@@ -180,7 +180,7 @@ def test_auroc_single_class_is_not_a_number():
 def _params(**prior) -> SimpleNamespace:
     values = dict(iterations=2, batch_size=4, input_size=64)
     values.update(prior)
-    return SimpleNamespace(prior=PriorParams(**values), train=SimpleNamespace(device="cpu"))
+    return SimpleNamespace(prior=PriorParams(**values), train=SimpleNamespace(device="cpu", threads=1))
 
 
 def test_prior_stage_trains_and_reports_auroc(tmp_path):

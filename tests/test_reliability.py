@@ -475,7 +475,7 @@ def test_cuda_out_of_memory_is_one_line_saying_what_to_change(train_project, mon
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("cxrbench: error: cyclegan/seed0: out of memory at 64px with batch 1 (")
     assert err[0].endswith("; lower data.resolution or the method's batch_size in params.yaml, or set "
-                           "train.precision: bf16")
+                           "train.precision: bf16 and train.activation_checkpointing: true")
     assert_nothing_published(root, "cyclegan")
 
 

@@ -50,11 +50,27 @@ class {cls}Config:
     lambda_cycle: float = param(10.0, min=0.0, doc="cycle-consistency weight")
 
 
+class ResBlock(nn.Module):
+    """x + conv-IN-ReLU-conv-IN(x), shape-preserving. The class name is one that train.activation_checkpointing
+    wraps (pipeline/engine.py CHECKPOINT_BLOCKS); blocks named otherwise are listed in `checkpoint_block_names`."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(ch), nn.ReLU(True),
+            nn.Conv2d(ch, ch, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(ch),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def generator(ngf: int) -> nn.Sequential:
     """(B, 1, H, W) in [-1, 1] -> (B, 1, H, W) in [-1, 1]; H, W divisible by 4."""
     return nn.Sequential(
         nn.Conv2d(1, ngf, 7, padding=3, padding_mode="reflect"), nn.InstanceNorm2d(ngf), nn.ReLU(True),
         nn.Conv2d(ngf, 2 * ngf, 3, 2, 1), nn.InstanceNorm2d(2 * ngf), nn.ReLU(True),  # H/2
+        ResBlock(2 * ngf),  # H/2
         nn.ConvTranspose2d(2 * ngf, ngf, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf), nn.ReLU(True),  # H
         nn.Conv2d(ngf, 1, 7, padding=3, padding_mode="reflect"), nn.Tanh(),
     )
@@ -107,7 +123,9 @@ class {cls}Translator(Translator):
         self.opt_d.zero_grad(set_to_none=True)
         engine.backward(loss_d)
         self.opt_d.step()
-        return {{"gan": loss_gan.item(), "cycle": loss_cycle.item(), "d": loss_d.item()}}
+        # detached 0-dim tensors, never .item(): a host read per step would stall a GPU (the engine reads them
+        # once per log step)
+        return {{"gan": loss_gan.detach(), "cycle": loss_cycle.detach(), "d": loss_d.detach()}}
 
     @torch.no_grad()
     def translate(self, x):
