@@ -28,6 +28,24 @@ def test_bench_writes_results_for_the_requested_translators(tmp_path):
     assert "bench --models cyclegan,uvcgan --size 64 --steps 1" in results["command"]
 
 
+
+def test_bench_at_official_widths_builds_the_paper_networks_and_names_its_file(tmp_path):
+    """`--widths official` on CPU: the paper profile's networks (CycleGAN's official ResNet-9 generator and 70x70
+    PatchGAN: 28.3 M parameters for the two pairs, against 0.9 M at the cpu profile's widths), in their own file."""
+    from pipeline import registry
+
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "bench", "--models", "cyclegan", "--size", "32",
+                        "--steps", "1", "--widths", "official", "--precision", "fp32", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads((tmp_path / "bench-cpu-32px-official.json").read_text())
+    assert results["profile_widths"] == "paper"
+    official = registry.get("cyclegan")(registry.profile_config("cyclegan", "paper"), in_channels=1, image_size=32)
+    expected = round(sum(p.numel() for p in official.parameters()) / 1e6, 3)
+    assert results["translators"][0]["parameters_m"] == expected > 20
+    assert "Widths: official" in (tmp_path / "bench-cpu-32px-official.md").read_text()
+    assert not (tmp_path / "bench-cpu-32px.json").exists()
+
 def test_bench_parallel_runs_the_three_scenarios_with_their_thread_counts(tmp_path):
     """`cxrbench bench-parallel`: alone (every core), shared (train.threads: 0: cores // jobs each) and
     oversubscribed (every core each); the figures are the benchmark's, only the structure is tested here."""

@@ -137,9 +137,15 @@ def environment(device: torch.device) -> dict[str, Any]:
 def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{results['environment']['device'].split(':')[0]}-{results['size']}px"
+    if results.get("profile_widths") == "paper" and "cuda" not in results["environment"]["device"]:
+        tag += "-official"  # the cpu default is the cpu profile's widths: official-width runs get their own file
+    if results.get("precision") not in (None, "auto", "fp32"):
+        tag += f"-{results['precision']}"
     path = out_dir / f"bench-{tag}.json"
     atomic_write(path, json.dumps(results, indent=2) + "\n")
     lines = [f"# Benchmark: {tag}", "", f"Command: `{results['command']}`", "",
+             f"Widths: {'official (the paper profile)' if results.get('profile_widths') == 'paper' else 'the cpu profile (reduced)'}"
+             f"; precision {results.get('precision', 'auto')}", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
              "| method | batch | it/s | s/it | GFLOP/step | MFU | peak MB | params (M) | translate img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -165,13 +171,13 @@ def run_bench(args) -> dict[str, Any]:
     if device.type == "cpu" and torch.get_num_threads() > 2:
         torch.set_num_threads(2)
     names = [n.strip() for n in args.models.split(",") if n.strip()] or registry.names()
-    profile = "paper" if device.type == "cuda" else "cpu"
+    profile = widths_profile(getattr(args, "widths", "device"), device)
     results = {"command": " ".join(["cxrbench"] + sys.argv[1:]) if sys.argv[0].endswith("cxrbench")
                else " ".join(sys.argv), "size": args.size, "profile_widths": profile,
                "precision": args.precision, "environment": environment(device), "translators": []}
     for name in names:
         print(f"bench {name} at {args.size}px on {device} ...", flush=True)
-        r = _in_subprocess(name, args, device)  # a fresh process each: peak memory is this method's alone
+        r = _in_subprocess(name, args, device, profile)  # a fresh process each: peak memory is this method's alone
         results["translators"].append(r)
         print(json.dumps(r), flush=True)
     results["evaluation"] = bench_evaluation(device, args.size)
@@ -180,11 +186,19 @@ def run_bench(args) -> dict[str, Any]:
     return results
 
 
-def _in_subprocess(name: str, args, device: torch.device) -> dict[str, Any]:
+def widths_profile(widths: str, device: torch.device) -> str:
+    """`--widths`: official = the paper's (official code's) widths (the `paper` profile), cpu = the cpu profile's
+    reduced widths, device = official on CUDA and cpu on a CPU."""
+    if widths not in ("device", "official", "cpu"):
+        raise ValueError(f"--widths {widths!r}: expected device, official or cpu")
+    return "paper" if widths == "official" or (widths == "device" and device.type == "cuda") else "cpu"
+
+
+def _in_subprocess(name: str, args, device: torch.device, profile: str) -> dict[str, Any]:
     code = ("import json, sys, torch; from pipeline.app.bench import bench_translator; "
             f"torch.set_num_threads({torch.get_num_threads()}); "
             f"r = bench_translator({name!r}, {args.size}, {args.batch}, {args.steps}, torch.device({str(device)!r}), "
-            f"{args.precision!r}, {('paper' if device.type == 'cuda' else 'cpu')!r}); print('RESULT ' + json.dumps(r))")
+            f"{args.precision!r}, {profile!r}); print('RESULT ' + json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5, help="timed training steps per translator, after 2 warm-up steps")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when present)")
     s.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (auto: bf16 autocast on a GPU)")
+    s.add_argument("--widths", default="device", choices=("device", "official", "cpu"),
+                   help="official: the paper's (official code's) widths; cpu: the cpu profile's; device (default): "
+                        "official on CUDA, cpu on a CPU")
     s.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="results folder")
     s.set_defaults(fn=cmd_bench)
     s = sub.add_parser("bench-memory", help="peak memory of one training step per method into reports/bench/",
