@@ -561,6 +561,7 @@ class Engine:
         self.optimizers, self.schedulers = t.configure_optimizers(s.iterations)
         seed_everything(self.seed + self.rank, s.deterministic)  # per-rank streams; rank 0's = the 1-process one
         start = self.try_resume()
+        set_optimizer_impl(self.optimizers, s.optimizer_impl)  # after the resume: a loaded state brings its own back
         self.loss_log.restore(start)
         if start == 0:
             self.loss_log.rows.clear()
@@ -628,6 +629,29 @@ class Engine:
         if distributed.broadcast_object(final):
             self.save_checkpoint()
         return last
+
+
+def set_optimizer_impl(optimizers: dict[str, torch.optim.Optimizer], impl: str) -> str:
+    """train.optimizer_impl: how each optimizer's update runs, set on the optimizers a method built (the method keeps
+    its choice of algorithm and hyper-parameters; this changes only the kernels). loop = one small op per parameter
+    tensor (torch's CPU default), foreach = one multi-tensor op per update quantity (torch's CUDA default), fused = one
+    pass over all tensors per step. The three compute the same update in another order: weights agree to float
+    rounding (tests/test_engine.py states the tolerance). auto = fused: the fastest on CPU and CUDA here
+    (reports/bench/optimizer-cpu.md). Optimizers without these switches (a method's own) are left as they are.
+    The engine sets it after a resume, since a loaded optimizer state brings back the switches it was saved with."""
+    impl = "fused" if impl == "auto" else impl
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            if "foreach" not in group or "fused" not in group:
+                continue
+            group["foreach"], group["fused"] = impl == "foreach", impl == "fused"
+        if impl == "fused" and "fused" in opt.defaults:
+            opt.defaults.update(foreach=False, fused=True)
+            opt._step_supports_amp_scaling = True  # what the optimizer's constructor sets for fused=True
+            for p, state in opt.state.items():  # a fused step keeps its step counters beside the parameters
+                if isinstance(state.get("step"), torch.Tensor) and state["step"].device != p.device:
+                    state["step"] = state["step"].to(p.device)
+    return impl
 
 
 def compile_networks(translator: Translator) -> list[str]:

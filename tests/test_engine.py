@@ -294,3 +294,19 @@ def test_activation_checkpointing_that_wraps_nothing_says_so_and_how_to_fix(tmp_
         warnings.simplefilter("error", UserWarning)
         Engine(t, _settings(2, activation_checkpointing=True), tmp_path / "b", seed=3).fit(a, b)
     assert all(getattr(m, "_checkpointed", False) for m in (t.g, t.d))
+
+
+def test_optimizer_impl_is_the_settings_one_after_a_resume(tmp_path):
+    """A checkpoint written under one optimizer_impl resumes under another (the same update, to rounding: not a
+    result setting), and the loaded optimizer state, which carries the switches it was saved with, runs the new one."""
+    a, b = _data()
+    seed_everything(3)
+    Engine(ToyTranslator(ToyConfig()), _settings(4, every=2, optimizer_impl="loop"), tmp_path, seed=3).fit(a, b)
+    seed_everything(3)
+    eng = Engine(ToyTranslator(ToyConfig()), _settings(6, every=2, optimizer_impl="fused"), tmp_path, seed=3)
+    steps: list[int] = []
+    eng.on_step = steps.append
+    eng.fit(a, b)
+    assert steps and steps[0] >= 4  # resumed, not restarted
+    groups = [g for o in eng.optimizers.values() for g in o.param_groups]
+    assert groups and all(g["fused"] and not g["foreach"] for g in groups)

@@ -28,7 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from eval.detection import switch_off_integrations
 from eval.segmentation import build_segmenter, predict_lungs
 from pipeline import registry
-from pipeline.engine import Engine, EngineSettings, compile_networks, seed_everything, select_device
+from pipeline.engine import (Engine, EngineSettings, compile_networks, seed_everything, select_device,
+                             set_optimizer_impl)
 from pipeline.io import atomic_write
 from pipeline.prior import PriorNet
 
@@ -60,7 +61,7 @@ def method_config(name: str, profile: str):
 
 
 def bench_translator(name: str, size: int, batch: int, steps: int, device: torch.device, precision: str,
-                     profile: str, compile_model: bool = False) -> dict[str, Any]:
+                     profile: str, compile_model: bool = False, optimizer_impl: str = "auto") -> dict[str, Any]:
     seed_everything(0)
     cls = registry.get(name)
     cfg = method_config(name, profile)
@@ -75,6 +76,7 @@ def bench_translator(name: str, size: int, batch: int, steps: int, device: torch
     eng = Engine(t, EngineSettings(iterations=steps + 2, progress=False, device=device.type, precision=precision),
                  Path("/tmp/cxrbench-bench"), seed=0)
     eng.optimizers, eng.schedulers = t.configure_optimizers(steps + 2)
+    set_optimizer_impl(eng.optimizers, optimizer_impl)  # as the engine trains
     b = t.batch_size
     a_img = torch.rand(b, 1, size, size, device=device) * 2 - 1
     b_img = torch.rand(b, 1, size, size, device=device) * 2 - 1
@@ -141,11 +143,14 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
         tag += "-official"  # the cpu default is the cpu profile's widths: official-width runs get their own file
     if results.get("precision") not in (None, "auto", "fp32"):
         tag += f"-{results['precision']}"
+    if results.get("optimizer_impl") not in (None, "auto", "fused"):
+        tag += f"-{results['optimizer_impl']}"  # the engine's default is fused: other kernels get their own file
     path = out_dir / f"bench-{tag}.json"
     atomic_write(path, json.dumps(results, indent=2) + "\n")
+    optimizer = results.get("optimizer_impl", "loop (measured before train.optimizer_impl existed)")
     lines = [f"# Benchmark: {tag}", "", f"Command: `{results['command']}`", "",
              f"Widths: {'official (the paper profile)' if results.get('profile_widths') == 'paper' else 'the cpu profile (reduced)'}"
-             f"; precision {results.get('precision', 'auto')}", "",
+             f"; precision {results.get('precision', 'auto')}; optimizer {optimizer}", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
              "| method | batch | it/s | s/it | GFLOP/step | MFU | peak MB | params (M) | translate img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -174,7 +179,8 @@ def run_bench(args) -> dict[str, Any]:
     profile = widths_profile(getattr(args, "widths", "device"), device)
     results = {"command": " ".join(["cxrbench"] + sys.argv[1:]) if sys.argv[0].endswith("cxrbench")
                else " ".join(sys.argv), "size": args.size, "profile_widths": profile,
-               "precision": args.precision, "environment": environment(device), "translators": []}
+               "precision": args.precision, "optimizer_impl": getattr(args, "optimizer_impl", "auto"),
+               "environment": environment(device), "translators": []}
     for name in names:
         print(f"bench {name} at {args.size}px on {device} ...", flush=True)
         r = _in_subprocess(name, args, device, profile)  # a fresh process each: peak memory is this method's alone
@@ -198,7 +204,8 @@ def _in_subprocess(name: str, args, device: torch.device, profile: str) -> dict[
     code = ("import json, sys, torch; from pipeline.app.bench import bench_translator; "
             f"torch.set_num_threads({torch.get_num_threads()}); "
             f"r = bench_translator({name!r}, {args.size}, {args.batch}, {args.steps}, torch.device({str(device)!r}), "
-            f"{args.precision!r}, {profile!r}); print('RESULT ' + json.dumps(r))")
+            f"{args.precision!r}, {profile!r}, optimizer_impl={getattr(args, 'optimizer_impl', 'auto')!r}); "
+            "print('RESULT ' + json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -276,7 +283,7 @@ def memory_step(name: str, size: int, batch: int, precision: str, checkpointing:
     t = registry.get(name)(cfg, in_channels=1, image_size=size).to(device)
     if checkpointing:
         checkpoint_activations(t)
-    t.configure_optimizers(10)
+    set_optimizer_impl(t.configure_optimizers(10)[0], "auto")  # as the engine trains
     dtype = autocast_dtype(precision, device)
 
     def autocast():

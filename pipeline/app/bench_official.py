@@ -35,6 +35,7 @@ import torch
 
 from pipeline import registry
 from pipeline.contract import StepContext
+from pipeline.engine import set_optimizer_impl
 from pipeline.errors import CxrbenchError
 from pipeline.io import atomic_write
 
@@ -121,7 +122,8 @@ def ours_step(method: str, size: int, precision: str = "fp32") -> Callable[[torc
     cfg = registry.profile_config(method, "paper", prior_weights="")
     cfg.batch_size = 1
     t = registry.get(method)(cfg, in_channels=1, image_size=size)
-    _, schedulers = t.configure_optimizers(10**6)
+    optimizers, schedulers = t.configure_optimizers(10**6)
+    set_optimizer_impl(optimizers, "auto")  # the engine's optimizer kernels
 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()

@@ -48,11 +48,12 @@ def workload(method: str, size: int, seconds: float) -> dict[str, Any]:
 
     from pipeline import registry
     from pipeline.contract import StepContext
+    from pipeline.engine import set_optimizer_impl
 
     torch.manual_seed(0)
     cfg = registry.profile_config(method, "cpu", prior_weights="")
     t = registry.get(method)(cfg, in_channels=1, image_size=size)
-    t.configure_optimizers(10**6)
+    set_optimizer_impl(t.configure_optimizers(10**6)[0], "auto")  # the engine's optimizer kernels
     ctx = StepContext(torch.device("cpu"), 0, 1, backward=lambda loss, **kw: loss.backward(**kw),
                       autocast=lambda: torch.autocast("cpu", enabled=False))
     a = torch.rand(t.batch_size, 1, size, size) * 2 - 1

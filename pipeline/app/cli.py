@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5, help="timed training steps per translator, after 2 warm-up steps")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: cuda when present)")
     s.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (auto: bf16 autocast on a GPU)")
+    s.add_argument("--optimizer-impl", default="auto", choices=("auto", "loop", "foreach", "fused"),
+                   help="optimizer kernels (train.optimizer_impl; auto = fused, the engine's default)")
     s.add_argument("--widths", default="device", choices=("device", "official", "cpu"),
                    help="official: the paper's (official code's) widths; cpu: the cpu profile's; device (default): "
                         "official on CUDA, cpu on a CPU")
