@@ -19,6 +19,8 @@ def test_bench_writes_results_for_the_requested_translators(tmp_path):
     for t in results["translators"]:
         assert "error" not in t, t
         assert t["iterations_per_s"] > 0 and t["peak_memory_mb"] > 0 and t["parameters_m"] > 0
+        assert set(t["optimizer_step_ms"]) == {"loop", "foreach", "fused"} and min(t["optimizer_step_ms"].values()) > 0
+    assert results["optimizer_impl"] == "auto"
     cyclegan = results["translators"][0]
     assert cyclegan["gflops_per_step"] > 0 and cyclegan["mfu"] is None  # no MFU without a GPU peak
     assert set(results["evaluation"]) >= {"segmenter cenet", "YOLOv5n detection", "cxr-densenet features (FID)"}

@@ -115,6 +115,7 @@ def bench_translator(name: str, size: int, batch: int, steps: int, device: torch
             t.translate(x)
         _sync(device)
     translate_ips = reps * len(x) / (time.perf_counter() - t1)
+    adam_ms = optimizer_step_ms(eng.optimizers, device)  # last: it moves the weights
     return {
         "method": name, "size": size, "batch": b, "steps_timed": steps,
         "iterations_per_s": round(1 / dt, 4), "s_per_iteration": round(dt, 4),
@@ -124,7 +125,32 @@ def bench_translator(name: str, size: int, batch: int, steps: int, device: torch
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "parameters_m": round(sum(p.numel() for p in t.parameters()) / 1e6, 3),
         "translate_images_per_s": round(translate_ips, 2),
+        "optimizer_step_ms": adam_ms,
     }
+
+
+def optimizer_step_ms(optimizers: dict[str, torch.optim.Optimizer], device: torch.device,
+                      reps: int = 5) -> dict[str, float]:
+    """Milliseconds of one update of all of a method's optimizers under each train.optimizer_impl kernel (random
+    gradients on every parameter, after one warm-up update). The optimizers keep the fused setting afterwards."""
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.randn_like(p) * 1e-3
+    out = {}
+    for impl in ("loop", "foreach", "fused"):
+        set_optimizer_impl(optimizers, impl)
+        for opt in optimizers.values():
+            opt.step()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for opt in optimizers.values():
+                opt.step()
+        _sync(device)
+        out[impl] = round((time.perf_counter() - t0) / reps * 1000, 2)
+    set_optimizer_impl(optimizers, "fused")
+    return out
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -152,8 +178,9 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
              f"Widths: {'official (the paper profile)' if results.get('profile_widths') == 'paper' else 'the cpu profile (reduced)'}"
              f"; precision {results.get('precision', 'auto')}; optimizer {optimizer}", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
-             "| method | batch | it/s | s/it | GFLOP/step | MFU | peak MB | params (M) | translate img/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | batch | it/s | s/it | GFLOP/step | MFU | peak MB | params (M) | translate img/s "
+             "| Adam ms loop / foreach / fused |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["translators"]:
         if "error" in r:
             lines.append(f"| {r['method']} | error: {r['error']} |||||||| ")
@@ -163,7 +190,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
                                                      else "n/a")
         lines.append(f"| {r['method']} | {r['batch']} | {r['iterations_per_s']} | {r['s_per_iteration']} | "
                      f"{gflops} | {mfu} | "
-                     f"{r['peak_memory_mb']} | {r['parameters_m']} | {r['translate_images_per_s']} |")
+                     f"{r['peak_memory_mb']} | {r['parameters_m']} | {r['translate_images_per_s']} | "
+                     f"{' / '.join(str(v) for v in r['optimizer_step_ms'].values()) if 'optimizer_step_ms' in r else 'n/a'} |")
     if results.get("evaluation"):
         lines += ["", "| evaluation model | images/s |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in results["evaluation"].items()]
