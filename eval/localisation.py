@@ -12,14 +12,15 @@ Maps, for images x (N, 1, H, W) in [-1, 1] and the prior's opacity-type labels Q
 - intensity:  the pixel value itself: a floor (is the opacity simply the brightest region?).
 
 The score of a map is the mean over images (with some opacity and some background) of the per-image pixel AUROC
-against the true opacity mask (0.5 = chance; the one AUROC of pipeline/auroc.py).
+against the true opacity mask (0.5 = chance; the one AUROC of pipeline/auroc.py), with its N and a 95 % percentile
+bootstrap interval over the images (eval/stats.py).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.stats import bootstrap_ci
 from pipeline.auroc import auroc
 from pipeline.data.canonical import NIH14
 
@@ -47,25 +48,22 @@ def prior_maps(net, images: torch.Tensor, labels: list[str], smooth: int = 9) ->
     return {"cam": cam.detach(), "saliency": saliency[:, 0].detach(), "intensity": images[:, 0].detach()}
 
 
-def map_auroc(maps: torch.Tensor, truth: torch.Tensor) -> tuple[float | None, int]:
-    """Mean per-image pixel AUROC of `maps` (N, H, W) against boolean `truth` (N, H, W), and the number of images
-    it is defined for (some opacity and some background)."""
+def map_auroc(maps: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Per-image pixel AUROC of `maps` (N, H, W) against boolean `truth` (N, H, W), over the images it is defined for
+    (some opacity and some background): {"mean", "lo", "hi" (95 % bootstrap over images), "n", ...}."""
     values = [auroc(m.flatten().double().cpu().numpy(), t.flatten().cpu().numpy())
               for m, t in zip(maps, truth)]
-    values = [v for v in values if v is not None]
-    return (float(np.mean(values)) if values else None), len(values)
+    return bootstrap_ci([v for v in values if v is not None])
 
 
 def localisation(net, images: torch.Tensor, truth: torch.Tensor, labels: list[str], smooth: int = 9,
-                 batch_size: int = 16) -> dict[str, float | int | None]:
-    """{"cam", "saliency", "intensity": mean per-image AUROC, "n_images": images scored} for opacity `images`
-    (N, 1, H, W) in [-1, 1] with true opacity masks `truth` (N, 1, H, W) bool."""
+                 batch_size: int = 16) -> dict:
+    """{"cam", "saliency", "intensity": map_auroc's summary of each map, "n_images": images scored} for opacity
+    `images` (N, 1, H, W) in [-1, 1] with true opacity masks `truth` (N, 1, H, W) bool."""
     maps: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(images), batch_size):
         for k, v in prior_maps(net, images[i:i + batch_size], labels, smooth).items():
             maps.setdefault(k, []).append(v)
-    out: dict[str, float | int | None] = {}
-    for k, parts in maps.items():
-        out[k], n = map_auroc(torch.cat(parts), truth[:, 0].bool())
-        out["n_images"] = n
+    out: dict = {k: map_auroc(torch.cat(parts), truth[:, 0].bool()) for k, parts in maps.items()}
+    out["n_images"] = out["cam"]["n"]
     return out

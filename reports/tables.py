@@ -572,10 +572,14 @@ def prior_localisation_note(inp: Inputs) -> str:
     if not loc.get("n_images"):
         return ("Prior localisation: not measured (no models/prior/prior.json with test images that have a true "
                 "opacity mask; `dvc repro prior` on the DRR benchmark measures it).")
-    return (f"Prior localisation (the prior alone, no translation; per-image pixel AUROC against the true opacity "
-            f"masks of {loc['n_images']} test images): CAM {loc['cam']:.3f}, input-gradient saliency "
-            f"{loc['saliency']:.3f}, pixel intensity {loc['intensity']:.3f}. L_classifier tells the mask where the "
-            "opacity is only through this prior, so the mask AUROC column is not expected to exceed these.")
+    def cell(k: str) -> str:
+        d = loc[k]
+        return f"{d['mean']:.3f}" + (f" [{d['lo']:.3f}, {d['hi']:.3f}]" if d.get("lo") is not None else "")
+    return (f"Prior localisation (the prior alone, no translation; mean per-image pixel AUROC against the true "
+            f"opacity masks of {loc['n_images']} test images, prior seed {inp.params.prior.seed}, [95 % bootstrap "
+            f"interval over images]): CAM {cell('cam')}, input-gradient saliency {cell('saliency')}, pixel intensity "
+            f"{cell('intensity')}. L_classifier tells the mask where the opacity is only through this prior, so the "
+            "mask AUROC column is not expected to exceed these.")
 
 
 def table3(inp: Inputs) -> Table:

@@ -18,9 +18,12 @@ def test_map_auroc_is_one_for_the_truth_zero_for_its_inverse_and_skips_images_wi
     truth[0, 2:4, 2:4] = True
     truth[1, 5:, :] = True  # image 2 has no opacity: undefined, left out
     maps = truth.float() + 0.01 * torch.rand(3, 8, 8)
-    assert map_auroc(maps, truth) == (1.0, 2)
-    assert map_auroc(-maps, truth) == (0.0, 2)
-    assert map_auroc(torch.zeros(3, 8, 8), truth) == (0.5, 2)  # all ties
+    for m, expected in ((maps, 1.0), (-maps, 0.0), (torch.zeros(3, 8, 8), 0.5)):  # zeros: all ties
+        out = map_auroc(m, truth)
+        assert (out["mean"], out["lo"], out["hi"], out["n"]) == (expected, expected, expected, 2)
+    maps[1] = -maps[1]  # image 1 now ranks its opacity last: mean 0.5, the interval spans both images' values
+    out = map_auroc(maps, truth)
+    assert out["mean"] == 0.5 and out["lo"] == 0.0 and out["hi"] == 1.0
 
 
 def test_class_activation_maps_average_to_the_logits():
@@ -61,5 +64,5 @@ def test_localisation_scores_every_map_on_the_images_with_an_opacity():
         truth[k, 0, 10 + 8 * k:26 + 8 * k, 12:30] = True
     images[truth] = 0.9
     out = localisation(net, images, truth, list(OPACITY_LABELS), batch_size=3)
-    assert out["n_images"] == 4 and out["intensity"] == 1.0
-    assert 0.0 <= out["cam"] <= 1.0 and 0.0 <= out["saliency"] <= 1.0
+    assert out["n_images"] == 4 and out["intensity"]["mean"] == 1.0
+    assert all(0.0 <= out[k]["lo"] <= out[k]["mean"] <= out[k]["hi"] <= 1.0 for k in ("cam", "saliency"))

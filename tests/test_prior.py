@@ -196,7 +196,8 @@ def test_prior_stage_trains_and_reports_auroc(tmp_path):
     assert all(report["auroc"][n] == "n/a" for n in NIH14 if n != "Pneumonia")
     assert report["mean_auroc"] == report["auroc"]["Pneumonia"]
     loc = report["localisation"]  # the three test opacity images have true opacity masks
-    assert loc["n_images"] == 3 and all(0.0 <= loc[k] <= 1.0 for k in ("cam", "saliency", "intensity")), loc
+    assert loc["n_images"] == 3 and all(0.0 <= loc[k]["lo"] <= loc[k]["mean"] <= loc[k]["hi"] <= 1.0
+                                        for k in ("cam", "saliency", "intensity")), loc
     net = load_prior(tmp_path / "models" / "prior" / "prior.pt")
     assert net.input_size == 64 and net.features(torch.zeros(1, 1, 64, 64)).shape == (1, 1024, 2, 2)
 

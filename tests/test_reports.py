@@ -238,7 +238,9 @@ def write_competence(root: Path, value: float) -> None:
 
     write_json(root / "models" / "evaluator" / "evaluator.json", {"mean_auroc": value})
     write_json(root / "models" / "prior" / "prior.json", {"mean_auroc": value, "localisation": {
-        "n_images": 12, "cam": 0.61, "saliency": 0.72, "intensity": 0.55}})
+        "n_images": 12, "cam": {"mean": 0.61, "lo": 0.55, "hi": 0.67, "n": 12},
+        "saliency": {"mean": 0.72, "lo": 0.68, "hi": 0.76, "n": 12}, "intensity": {"mean": 0.55, "lo": None,
+                                                                                  "hi": None, "n": 1}}})
     write_json(root / "models" / "segmenters" / "segmenters.json",
                {"competence": {n: {"value": value, "measure": "test"} for n in SEGMENTER_LEVELS}})
     write_json(root / "models" / "detector" / "detector.json", {"val_metrics": {"metrics/mAP50(B)": value}})
@@ -374,7 +376,8 @@ def test_table3_and_supplementary_tables(project):
         assert num(r["residual_opacity_ratio"]) == pytest.approx(
             np.mean([opa[str(k)]["residual_opacity_ratio"] for k in SEEDS]))
     # the ceiling the mask AUROC column is read against: the prior's own localisation, from prior.json
-    assert ("masks of 12 test images): CAM 0.610, input-gradient saliency 0.720, pixel intensity 0.550"
+    assert ("masks of 12 test images, prior seed 0, [95 % bootstrap interval over images]): CAM 0.610 [0.550, 0.670], "
+            "input-gradient saliency 0.720 [0.680, 0.760], pixel intensity 0.550. L_classifier"
             in (root / "reports" / "tables" / "table3.md").read_text())
     paper_rows = read_csv(root / "reports" / "tables" / "table3.csv", "paper")
     assert [num(r["fid_inception"]) for r in paper_rows][-1] == 67.17715

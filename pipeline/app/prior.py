@@ -74,8 +74,9 @@ def run_prior_stage(params: Any, data_root: Path, out_dir: Path, progress: bool 
     loc = summary["localisation"]
     if loc.get("n_images"):
         print(f"prior: does it point at the opacity? per-image pixel AUROC against the true opacity masks of "
-              f"{loc['n_images']} test images: CAM {loc['cam']:.3f}, input-gradient saliency {loc['saliency']:.3f} "
-              f"(pixel intensity {loc['intensity']:.3f}; chance 0.5)", flush=True)
+              f"{loc['n_images']} test images, mean [95 % bootstrap interval]: CAM {interval(loc['cam'])}, "
+              f"input-gradient saliency {interval(loc['saliency'])} (pixel intensity {interval(loc['intensity'])}; "
+              "chance 0.5)", flush=True)
     return summary
 
 
@@ -97,5 +98,12 @@ def prior_localisation(net, dataset_dir: Path, test, device) -> dict[str, Any]:
     truth = torch.from_numpy(canonical.load_masks(dataset_dir, rows, "opacity_mask"))[:, None] > 0
     net.eval()
     out = localisation(net, images.to(device), truth.to(device), list(canonical.OPACITY_LABELS))
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()} | {
-        "labels": list(canonical.OPACITY_LABELS), "maps": "max-over-labels CAM; |d logits / d x| box 9 px; intensity"}
+    return out | {"labels": list(canonical.OPACITY_LABELS),
+                  "maps": "max-over-labels CAM; |d logits / d x| box 9 px; intensity"}
+
+
+def interval(summary: dict[str, Any]) -> str:
+    """'0.640 [0.612, 0.668]' from a bootstrap summary (eval/stats.py bootstrap_ci)."""
+    if summary.get("lo") is None:
+        return f"{summary['mean']:.3f} (N = {summary['n']}: no interval)"
+    return f"{summary['mean']:.3f} [{summary['lo']:.3f}, {summary['hi']:.3f}]"
