@@ -642,16 +642,19 @@ def set_optimizer_impl(optimizers: dict[str, torch.optim.Optimizer], impl: str) 
     The engine sets it after a resume, since a loaded optimizer state brings back the switches it was saved with."""
     impl = "fused" if impl == "auto" else impl
     for opt in optimizers.values():
-        for group in opt.param_groups:
-            if "foreach" not in group or "fused" not in group:
-                continue
-            group["foreach"], group["fused"] = impl == "foreach", impl == "fused"
-        if impl == "fused" and "fused" in opt.defaults:
-            opt.defaults.update(foreach=False, fused=True)
+        if "foreach" not in opt.defaults or "fused" not in opt.defaults:
+            continue
+        opt.defaults.update(foreach=impl == "foreach", fused=impl == "fused")
+        if impl == "fused":
             opt._step_supports_amp_scaling = True  # what the optimizer's constructor sets for fused=True
-            for p, state in opt.state.items():  # a fused step keeps its step counters beside the parameters
-                if isinstance(state.get("step"), torch.Tensor) and state["step"].device != p.device:
-                    state["step"] = state["step"].to(p.device)
+        for group in opt.param_groups:
+            group["foreach"], group["fused"] = impl == "foreach", impl == "fused"
+            # Adam's step counters live beside the parameters when fused (or capturable), on the CPU otherwise
+            for p in group["params"]:
+                step = opt.state.get(p, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    where = p.device if group["fused"] or group.get("capturable") else torch.device("cpu")
+                    opt.state[p]["step"] = step.to(where)
     return impl
 
 
