@@ -36,8 +36,32 @@ ITERATIONS, EVERY = 6, 2  # checkpoints at steps 2 and 4, the final one at 6
 # --------------------------------------------------------------------------------------------------------------------
 # Fork, wait for a marker, SIGKILL.
 # --------------------------------------------------------------------------------------------------------------------
+def forked_backward_works() -> bool:
+    """Whether a child forked from this process can run a backward. It cannot once autograd has started its worker
+    threads here (a compiled backward does that on CPU); such a child dies with "Unable to handle autograd's threading
+    in combination with fork-based multiprocessing" before it reaches any marker."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            x = torch.ones(2, requires_grad=True)
+            (x * x).sum().backward()
+            code = 0
+        except BaseException:  # noqa: BLE001
+            pass
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def fork_child(body) -> tuple[int, int]:
     """Run body(say) in a forked child; `say(marker)` writes one line to the parent. Returns (pid, pipe fd)."""
+    if not forked_backward_works():
+        pytest.fail("this pytest process started autograd's worker threads (a torch.compile backward run in it "
+                    "earlier?), so forked children cannot train: run such a test in its own interpreter, as "
+                    "tests/test_engine.py::test_train_compile_runs_and_matches_eager does")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
