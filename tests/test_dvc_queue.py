@@ -84,9 +84,14 @@ def test_two_queued_experiments_run_in_parallel(tmp_path):
     workers = cli_env({"PYTHONPATH": ".", "MLFLOW_TRACKING_URI": uri})
     t0 = time.monotonic()
     try:
-        _run(["dvc", "queue", "start", "-j", "2"], dest, workers)
+        # Not through pipes: the workers it starts inherit its stdout/stderr, so reading them to EOF would wait for
+        # the workers to exit, not for `dvc queue start` (a busy machine turned that into a 600 s timeout)
+        with open(tmp_path / "queue-start.log", "w") as log:
+            started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=dest, env=workers, stdout=log,
+                                     stderr=subprocess.STDOUT, timeout=120)
+        assert started.returncode == 0, (tmp_path / "queue-start.log").read_text()[-3000:]
         status = {}
-        while time.monotonic() - t0 < 240:
+        while time.monotonic() - t0 < 900:
             status = _queue_status(dest, env)
             if status and not {"Queued", "Running"} & set(status.values()):
                 break
