@@ -14,11 +14,23 @@ Maps, for images x (N, 1, H, W) in [-1, 1] and the prior's opacity-type labels Q
 The score of a map is the mean over images (with some opacity and some background) of the per-image pixel AUROC
 against the true opacity mask (0.5 = chance; the one AUROC of pipeline/auroc.py), with its N and a 95 % percentile
 bootstrap interval over the images (eval/stats.py).
+
+A second question is asked of the data, not of the prior: how well can *any* network that only knows which domain
+an image comes from (all that unpaired translation knows) localise the opacity? `weak_label_localiser` trains a
+small fully convolutional net (multiple-instance learning: the mean of its top-k pixel logits classifies the image,
+opacity vs normal) on the training images and scores its pixel map like the maps above. It is the reference for
+ours' mask: a mask taught only by domain labels is not expected to localise better than a net trained for nothing
+else. `python -m eval.localisation DATASET_DIR` runs it on a dataset written by `cxrbench data`.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import time
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from eval.stats import bootstrap_ci
 from pipeline.auroc import auroc
@@ -67,3 +79,103 @@ def localisation(net, images: torch.Tensor, truth: torch.Tensor, labels: list[st
     out: dict = {k: map_auroc(torch.cat(parts), truth[:, 0].bool()) for k, parts in maps.items()}
     out["n_images"] = out["cam"]["n"]
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The data's own localisability: a net trained on domain labels only.
+# --------------------------------------------------------------------------------------------------------------------
+class MilNet(nn.Module):
+    """Fully convolutional: (N, 1, H, W) -> (N, 1, H, W) pixel logits; two stride-2 stages, receptive field 37 px."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+
+        def block(i: int, o: int, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.InstanceNorm2d(o, affine=True), nn.LeakyReLU(0.2))
+
+        w = width
+        self.body = nn.Sequential(block(1, w), block(w, w, 2), block(w, 2 * w), block(2 * w, 2 * w, 2),
+                                  block(2 * w, 2 * w), block(2 * w, 2 * w), nn.Conv2d(2 * w, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def top_k_mean(logits: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(N, 1, H, W) -> (N,): the mean of each image's top `fraction` of pixel logits (at least one pixel)."""
+    flat = logits.flatten(1)
+    return flat.topk(max(1, int(fraction * flat.shape[1])), dim=1).values.mean(1)
+
+
+def weak_label_localiser(a: torch.Tensor, b: torch.Tensor, steps: int = 800, fraction: float = 0.2,
+                         width: int = 16, batch_size: int = 16, lr: float = 1e-3, seed: int = 0) -> MilNet:
+    """Train a MilNet on opacity images `a` and normal images `b` (N, 1, H, W) in [-1, 1]: binary cross-entropy of
+    top_k_mean(logits) against the domain (1 = opacity), Adam, `batch_size` images per domain, random horizontal
+    flips. Returns the net in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = MilNet(width)
+    opt = torch.optim.Adam(net.parameters(), lr)
+    target = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)])
+    for _ in range(steps):
+        x = torch.cat([a[torch.randint(0, len(a), (batch_size,), generator=g)],
+                       b[torch.randint(0, len(b), (batch_size,), generator=g)]])
+        if torch.rand((), generator=g) < 0.5:
+            x = x.flip(-1)
+        loss = F.binary_cross_entropy_with_logits(top_k_mean(net(x), fraction), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def weak_label_localisation(net: MilNet, images: torch.Tensor, truth: torch.Tensor, normals: torch.Tensor,
+                            fraction: float = 0.2) -> dict:
+    """{"pixel": map_auroc of the net's pixel logits on opacity `images` vs `truth` (N, 1, H, W) bool, "image":
+    AUROC of top_k_mean between opacity images and `normals` (how well the net tells the domains apart), "n_images"}."""
+    la, lb = net(images), net(normals)
+    scores = torch.cat([top_k_mean(la, fraction), top_k_mean(lb, fraction)]).double().numpy()
+    labels = torch.cat([torch.ones(len(la)), torch.zeros(len(lb))]).numpy()
+    pixel = map_auroc(la[:, 0], truth[:, 0].bool())
+    return {"pixel": pixel, "image": auroc(scores, labels), "n_images": pixel["n"], "n_normals": len(lb)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Weak-label localisability of a dataset: train on its training split, score on its validation split."""
+    from pipeline.data.canonical import load_images, load_masks, read_manifest
+
+    ap = argparse.ArgumentParser(prog="python -m eval.localisation", description=main.__doc__)
+    ap.add_argument("dataset", help="a dataset folder written by `cxrbench data` (e.g. data/drr)")
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--fraction", type=float, default=0.2, help="top-k fraction of the MIL pooling")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--max-val", type=int, default=200, help="validation images per domain scored")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    df = read_manifest(args.dataset)
+
+    def images(split: str, domain: str, limit: int | None = None):
+        rows = df[(df["split"] == split) & (df["domain"] == domain)].sort_values("id").iloc[:limit]
+        return torch.from_numpy(load_images(args.dataset, rows)).float()[:, None] / 127.5 - 1, rows
+
+    (a, _), (b, _) = images("train", "opacity"), images("train", "normal")
+    (va, rows), (vb, _) = images("val", "opacity", args.max_val), images("val", "normal", args.max_val)
+    if (rows["opacity_mask"] == "").any():
+        raise SystemExit(f"{args.dataset}: its validation opacity images have no opacity masks (only the DRR "
+                         "benchmark has them); nothing to score against")
+    truth = torch.from_numpy(load_masks(args.dataset, rows, "opacity_mask"))[:, None] > 0
+    for seed in args.seeds:
+        t0 = time.time()
+        net = weak_label_localiser(a, b, args.steps, args.fraction, args.width, seed=seed)
+        r = weak_label_localisation(net, va, truth, vb, args.fraction)
+        r.update(seed=seed, steps=args.steps, fraction=args.fraction, width=args.width, n_train=[len(a), len(b)],
+                 seconds=round(time.time() - t0, 1))
+        print(json.dumps(r, default=float))
+
+
+if __name__ == "__main__":
+    main()
