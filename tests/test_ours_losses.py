@@ -53,8 +53,13 @@ def test_eq2_acl_reading_is_acl_gans_size_term():
     """ACL-GAN's code: ReLU(sum over pixels of (m - F_upper))^2, then / (H W): a 2x2 mask of 1.0 -> (4 x 0.25)^2 / 4."""
     ones = torch.ones(1, 1, 2, 2)
     assert p_upper(ones, 0.75, "acl") == pytest.approx((4 * 0.25) ** 2 / 4)
-    m = torch.rand(3, 1, 8, 8)
-    by_hand = sum(max(0.0, float((x - 0.5).sum())) ** 2 / 64 for x in m) / 3
+    # seeded, and no image with a pixel sum of (m - 0.5) near 0, where float32 cancellation would decide the test:
+    # one image well above the cap, one well below (no penalty), one in between
+    m = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    m = (m + torch.tensor([0.25, -0.25, 0.1]).view(3, 1, 1, 1)).clamp(0, 1)
+    sums = [float((x.double() - 0.5).sum()) for x in m]
+    assert sums[0] > 5 and sums[1] < -5 and sums[2] > 2, sums
+    by_hand = sum(max(0.0, v) ** 2 / 64 for v in sums) / 3  # float64, by hand
     assert p_upper(m, 0.5, "acl") == pytest.approx(by_hand, rel=1e-5)
 
 
