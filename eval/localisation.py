@@ -9,7 +9,11 @@ Maps, for images x (N, 1, H, W) in [-1, 1] and the prior's opacity-type labels Q
               last feature map (1024 x s/32 x s/32), w the classifier weights; bilinearly upsampled to H x W; the
               pixel's score is the maximum over the labels in Q (an image may show any of them);
 - saliency:   |d sum_{k in Q} logit_k / d x|, box-smoothed over `smooth` px (a single pixel's gradient is noisy);
-- intensity:  the pixel value itself: a floor (is the opacity simply the brightest region?).
+- intensity:  the pixel value itself: a floor (is the opacity simply the brightest region?);
+- position:   the fraction of the scored images with opacity at each pixel position, the same map for every image:
+              it sees no image, only where opacities tend to be (inside the lungs), and on the DRR benchmark it
+              already scores about 0.87. A map that does not beat it says nothing about *this* image's opacity
+              (eval/paired.py position_floor is its pooled form, the floor of the mask AUROC columns).
 
 The score of a map is the mean over images (with some opacity and some background) of the per-image pixel AUROC
 against the true opacity mask (0.5 = chance; the one AUROC of pipeline/auroc.py), with its N and a 95 % percentile
@@ -68,6 +72,12 @@ def map_auroc(maps: torch.Tensor, truth: torch.Tensor) -> dict:
     return bootstrap_ci([v for v in values if v is not None])
 
 
+def position_map(truth: torch.Tensor) -> torch.Tensor:
+    """(N, H, W): the opacity frequency at each pixel position over the N images of `truth` (N, 1, H, W) bool, the
+    same map for every image (the image-blind reference)."""
+    return truth[:, 0].float().mean(0, keepdim=True).expand(len(truth), -1, -1)
+
+
 def localisation(net, images: torch.Tensor, truth: torch.Tensor, labels: list[str], smooth: int = 9,
                  batch_size: int = 16) -> dict:
     """{"cam", "saliency", "intensity": map_auroc's summary of each map, "n_images": images scored} for opacity
@@ -76,6 +86,7 @@ def localisation(net, images: torch.Tensor, truth: torch.Tensor, labels: list[st
     for i in range(0, len(images), batch_size):
         for k, v in prior_maps(net, images[i:i + batch_size], labels, smooth).items():
             maps.setdefault(k, []).append(v)
+    maps["position"] = [position_map(truth)]
     out: dict = {k: map_auroc(torch.cat(parts), truth[:, 0].bool()) for k, parts in maps.items()}
     out["n_images"] = out["cam"]["n"]
     return out
@@ -132,13 +143,15 @@ def weak_label_localiser(a: torch.Tensor, b: torch.Tensor, steps: int = 800, fra
 @torch.no_grad()
 def weak_label_localisation(net: MilNet, images: torch.Tensor, truth: torch.Tensor, normals: torch.Tensor,
                             fraction: float = 0.2) -> dict:
-    """{"pixel": map_auroc of the net's pixel logits on opacity `images` vs `truth` (N, 1, H, W) bool, "image":
-    AUROC of top_k_mean between opacity images and `normals` (how well the net tells the domains apart), "n_images"}."""
+    """{"pixel": map_auroc of the net's pixel logits on opacity `images` vs `truth` (N, 1, H, W) bool, "position":
+    the same for the image-blind position_map (what "pixel" must beat), "image": AUROC of top_k_mean between opacity
+    images and `normals` (how well the net tells the domains apart), "n_images"}."""
     la, lb = net(images), net(normals)
     scores = torch.cat([top_k_mean(la, fraction), top_k_mean(lb, fraction)]).double().numpy()
     labels = torch.cat([torch.ones(len(la)), torch.zeros(len(lb))]).numpy()
     pixel = map_auroc(la[:, 0], truth[:, 0].bool())
-    return {"pixel": pixel, "image": auroc(scores, labels), "n_images": pixel["n"], "n_normals": len(lb)}
+    return {"pixel": pixel, "position": map_auroc(position_map(truth), truth[:, 0].bool()),
+            "image": auroc(scores, labels), "n_images": pixel["n"], "n_normals": len(lb)}
 
 
 def main(argv: list[str] | None = None) -> None:

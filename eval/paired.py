@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.auroc import auroc_counts
+
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 PSNR_CAP = 100.0  # dB, per-image values only: an exact reconstruction (the oracle) has infinite PSNR
 
@@ -93,11 +95,7 @@ def level_histograms(values_u8: np.ndarray, truth: np.ndarray) -> tuple[np.ndarr
 
 def auroc_from_levels(pos: np.ndarray, neg: np.ndarray) -> float | None:
     """Exact AUROC of 8-bit scores from level histograms: P(pos > neg) + 0.5 P(tie) (Mann-Whitney U / n1 n0)."""
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
-        return None
-    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])  # negatives strictly below each level
-    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+    return auroc_counts(np.arange(len(pos)), pos, neg)
 
 
 def best_iou_from_levels(pos: np.ndarray, neg: np.ndarray) -> tuple[float | None, int | None]:
@@ -110,6 +108,95 @@ def best_iou_from_levels(pos: np.ndarray, neg: np.ndarray) -> tuple[float | None
     iou = tp / (tp + fp + fn)
     best = int(np.argmax(iou))
     return float(iou[best]), best
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Does the mask localise the opacity beyond where opacities usually are?
+# --------------------------------------------------------------------------------------------------------------------
+REGIONS = ("image", "lung_field")
+
+
+def localisation_region(opacity: np.ndarray, lungs: np.ndarray, name: str) -> np.ndarray:
+    """The pixels a localisation AUROC ranks: every pixel, or the lung field (lung mask or true opacity: an opacity
+    such as an effusion may reach outside the segmented lung)."""
+    o = np.asarray(opacity, bool)
+    return np.ones_like(o) if name == "image" else (np.asarray(lungs, bool) | o)
+
+
+def position_floor(opacity: np.ndarray, region: np.ndarray | None = None,
+                   weights: np.ndarray | None = None) -> float | None:
+    """Pooled pixel AUROC of the best map that ignores the image: the map that scores every pixel position p by the
+    opacity frequency there, f(p) = #images with opacity at p / #images with p in the region.
+
+    Why it is the best: a map that sees only the position assigns one score per position; by the Neyman-Pearson lemma
+    the ROC curve of the pooled pixels is highest everywhere when positions are ranked by their likelihood ratio
+    P(p | opacity) / P(p | background), which is monotone in f(p). So no image-blind map (a fixed lung-shaped blob,
+    the lung mask smoothed, a heat map of where findings occur) beats it on these images, and a mask AUROC at or
+    below it says nothing about whether the mask looked at the image. (N, H, W) bool `opacity` and `region`
+    (default: all pixels); `weights` (N,) counts each image that many times (the bootstrap)."""
+    o = np.asarray(opacity, bool)
+    r = np.ones_like(o) if region is None else np.asarray(region, bool)
+    w = np.ones(len(o)) if weights is None else np.asarray(weights, np.float64)
+    return _floor_from_counts(w @ (o & r).reshape(len(o), -1), w @ (~o & r).reshape(len(o), -1))
+
+
+def _floor_from_counts(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """position_floor from the opacity / background counts at each position (flattened)."""
+    seen = pos + neg > 0
+    return auroc_counts(pos[seen] / (pos[seen] + neg[seen]), pos[seen], neg[seen])
+
+
+def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.ndarray, n_boot: int = 2000,
+                      level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Pooled pixel AUROC of the activation mask against the true opacity, beside the position floor, over the whole
+    image and over the lung field, with 95 % percentile bootstrap intervals.
+
+    `masks`: one uint8 (N, H, W) array per training seed (the same N opacity images); `opacity`, `lungs`: bool
+    (N, H, W). For each region: "mask" (mean over seeds of the pooled AUROC), "floor" (position_floor on the same
+    images) and "margin" (mask - floor): {"value", "lo", "hi"}; each bootstrap replicate draws seeds and images with
+    replacement (two-stage, images paired across seeds) and recomputes all three. "beyond_position": the margin's
+    interval lies above 0 (the mask ranks opacity pixels higher than any image-blind map could)."""
+    o = np.asarray(opacity, bool)
+    n, s = len(o), len(masks)
+    alpha = (1 - level) / 2
+    out: dict[str, Any] = {"n": int(n), "seeds": int(s), "n_boot": int(n_boot), "level": level,
+                           "method": "pooled pixel AUROC; percentile bootstrap over images" +
+                                     (" and seeds (two-stage)" if s > 1 else "")}
+    rng = np.random.default_rng(seed)
+    draws = [(rng.integers(0, s, s), np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(n_boot)]
+    for name in REGIONS:
+        r = localisation_region(o, lungs, name)
+        # per seed and image: 8-bit level histograms of the mask over opacity / background pixels of the region
+        hp = np.zeros((s, n, 256))
+        hn = np.zeros((s, n, 256))
+        for k, m in enumerate(masks):
+            m = np.asarray(m, np.uint8)
+            for i in range(n):
+                hp[k, i] = np.bincount(m[i][o[i] & r[i]], minlength=256)
+                hn[k, i] = np.bincount(m[i][~o[i] & r[i]], minlength=256)
+        levels = np.arange(256)
+        pos_at = (o & r).reshape(n, -1).astype(np.float32)  # (N, H*W): which positions of image i count as opacity
+        neg_at = (~o & r).reshape(n, -1).astype(np.float32)
+
+        def stats(seeds: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+            per_seed = [auroc_counts(levels, w @ hp[k], w @ hn[k]) for k in seeds]
+            floor = _floor_from_counts(w.astype(np.float32) @ pos_at, w.astype(np.float32) @ neg_at)
+            if floor is None or any(v is None for v in per_seed):
+                return np.nan, np.nan
+            return float(np.mean(per_seed)), floor
+
+        mask, floor = stats(np.arange(s), np.ones(n))
+        reps = np.array([stats(ks, w) for ks, w in draws]) if n_boot else np.empty((0, 2))
+
+        def interval(point: float, values: np.ndarray) -> dict[str, Any]:
+            v = values[np.isfinite(values)]
+            lo, hi = (float(x) for x in np.quantile(v, [alpha, 1 - alpha])) if len(v) and n > 1 else (None, None)
+            return {"value": None if not np.isfinite(point) else float(point), "lo": lo, "hi": hi}
+
+        margin = interval(mask - floor, reps[:, 0] - reps[:, 1]) if n_boot else {"value": mask - floor}
+        out[name] = {"mask": interval(mask, reps[:, 0]), "floor": interval(floor, reps[:, 1]), "margin": margin,
+                     "beyond_position": bool(margin.get("lo") is not None and margin["lo"] > 0)}
+    return out
 
 
 def _list(v: np.ndarray) -> list[float | None]:

@@ -2,6 +2,8 @@
 per-label competence, the classifiers' competence, the mask AUROC of ours' diagnostics and of the paired metrics.
 
     auroc(scores, labels)            Mann-Whitney U / (n_pos n_neg), None when one class is missing
+    auroc_counts(scores, pos, neg)   the same statistic from counts: `pos[i]` positives and `neg[i]` negatives share
+                                     the score `scores[i]` (8-bit mask levels, pixel positions, bootstrap weights)
     per_label_auroc(probs, labels)   {NIH-14 label: AUROC or "n/a"}
 """
 from __future__ import annotations
@@ -29,6 +31,23 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
         return None
     u = average_ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def auroc_counts(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """AUROC of groups of samples: group i holds `pos[i]` positives and `neg[i]` negatives (any non-negative weights),
+    all scored `scores[i]`. Equals `auroc` on the expanded samples: P(score_pos > score_neg) + 0.5 P(tie), with equal
+    scores of different groups counted as ties. None when either class has zero total weight."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    pos = np.asarray(pos, dtype=np.float64).ravel()
+    neg = np.asarray(neg, dtype=np.float64).ravel()
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos <= 0 or n_neg <= 0:
+        return None
+    levels, group = np.unique(scores, return_inverse=True)
+    p = np.bincount(group, weights=pos, minlength=len(levels))
+    n = np.bincount(group, weights=neg, minlength=len(levels))
+    neg_below = np.concatenate([[0.0], np.cumsum(n)[:-1]])  # negatives strictly below each distinct score
+    return float((p * (neg_below + 0.5 * n)).sum() / (n_pos * n_neg))
 
 
 def per_label_auroc(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | str]:

@@ -67,8 +67,11 @@ def summary_metrics(inp: Inputs, model: str, seed: int | None) -> dict[str, floa
         for k in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
             _put(m, f"paired_{s}_{k}", dig(quality, k))
         for k in ("residual_opacity_before", "residual_opacity_after", "residual_opacity_ratio",
-                  "change_outside_opacity", "mask_auroc", "mask_best_iou"):
+                  "change_outside_opacity", "mask_auroc", "mask_auroc_lung", "mask_best_iou"):
             _put(m, f"paired_{s}_{k}", dig(res, k))
+        if model == ORIGINAL:  # the mask AUROC floor (no image seen): what a mask must beat
+            for region, v in (entry.get("mask_floor") or {}).items():
+                _put(m, f"paired_{s}_mask_floor_{region}", v)
         normal = dig(entry, "normal", "per_seed", key)
         for k in ("mean_abs_change", "psnr_vs_input", "mean_mask"):
             _put(m, f"paired_{s}_normal_{k}", dig(normal, k))

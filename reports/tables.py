@@ -562,7 +562,38 @@ def mechanism_cells(inp: Inputs, model: str, eval_set: str = "rsna_like") -> dic
     for col in ("residual_opacity_ratio", "change_outside_opacity"):
         ci = dig(entry, "opacity", "ci95", col) or {}
         out[f"{col}_lo"], out[f"{col}_hi"] = ci.get("lo"), ci.get("hi")
+    out.update(localisation_cells(entry))
     return out
+
+
+def localisation_cells(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """Mask AUROC over the whole image and over the lung field with their 95 % intervals, and whether the mask ranks
+    opacity pixels above the position floor (eval/paired.py mask_localisation), from one set's paired entry."""
+    loc = dig(entry, "opacity", "localisation")
+    if not loc:
+        return {}
+    out: dict[str, Any] = {"beyond_position": bool(dig(loc, "lung_field", "beyond_position"))}
+    for col, region in (("mask_auroc", "image"), ("mask_auroc_lung", "lung_field")):
+        m = dig(loc, region, "mask") or {}
+        out[col], out[f"{col}_lo"], out[f"{col}_hi"] = m.get("value"), m.get("lo"), m.get("hi")
+    return out
+
+
+def floor_row(inp: Inputs, eval_set: str) -> dict[str, Any] | None:
+    """The mask columns' floor: the best map that sees only the pixel position (eval/paired.py position_floor) on the
+    same images, from the untranslated rows' paired metrics (the floor does not depend on a model)."""
+    floor = dig(inp.read("paired", ORIGINAL), "sets", eval_set, "mask_floor")
+    if not floor:
+        return None
+    return {"mask_auroc": floor.get("image"), "mask_auroc_lung": floor.get("lung_field"),
+            "status": "floor: no image seen (opacity frequency at each pixel position of these images)"}
+
+
+FLOOR_NOTE = ("Mask AUROC floor: the pooled AUROC of the best map that sees only the pixel position (each position "
+              "scored by how often it is opacity in these images; by the Neyman-Pearson lemma no image-blind map "
+              "ranks higher; in-sample, so a conservative floor). The lung field = lung mask or true opacity; there "
+              "the floor is far lower, because 'the opacity is in the lungs' no longer counts. Beyond position: the "
+              "lung-field mask AUROC minus its floor has a 95 % interval above 0 (bootstrap over images and seeds).")
 
 
 def prior_localisation_note(inp: Inputs) -> str:
@@ -578,8 +609,10 @@ def prior_localisation_note(inp: Inputs) -> str:
     return (f"Prior localisation (the prior alone, no translation; mean per-image pixel AUROC against the true "
             f"opacity masks of {loc['n_images']} test images, prior seed {inp.params.prior.seed}, [95 % bootstrap "
             f"interval over images]): CAM {cell('cam')}, input-gradient saliency {cell('saliency')}, pixel intensity "
-            f"{cell('intensity')}. L_classifier tells the mask where the opacity is only through this prior, so the "
-            "mask AUROC column is not expected to exceed these.")
+            f"{cell('intensity')}" + (f", position-only map (no image; what a map must beat) {cell('position')}"
+                                       if "position" in loc else "") +
+            ". L_classifier tells the mask where the opacity is only through this prior, so the mask AUROC column is "
+            "not expected to exceed these.")
 
 
 def table3(inp: Inputs) -> Table:
@@ -591,6 +624,8 @@ def table3(inp: Inputs) -> Table:
         cols += [Column(f"fid_{k}", f"Avg. FID ↓ ({space})", "fid", std=True),
                  Column(f"kid_{k}", f"Avg. KID ↓ ({space})", "kid", std=True)]
     cols += [Column("mask_auroc", "Mask AUROC ↑", "unit", std=True),
+             Column("mask_auroc_lung", "Mask AUROC, lung field ↑", "unit"),
+             Column("beyond_position", "Beyond position", "check"),
              Column("mask_opacity", "Mask area, opacity images", "unit", std=True),
              Column("mask_normal", "Mask area, normals ↓", "unit", std=True),
              Column("residual_opacity_ratio", "Residual opacity after/before ↓", "ratio", std=True),
@@ -610,6 +645,10 @@ def table3(inp: Inputs) -> Table:
         p = paper.TABLE3[model]
         prows.append({**spec, "model": model, "fid_inception": p["fid"], "kid_inception": p["kid"],
                       "status": "published"})
+    floor = floor_row(inp, "rsna_like")
+    if floor is not None:
+        rows.append({**{c: None for c in paper.TABLE3_COMPONENTS}, "model": "position-only map (floor)", **floor,
+                     "seeds": "-"})
     pcols = [Column(c, h, "check") for c, h in zip(paper.TABLE3_COMPONENTS, COMPONENT_HEADERS)]
     pcols += [Column("fid_inception", "Avg. FID ↓", "fid"), Column("kid_inception", "Avg. KID ↓", "kid")]
     notes = common_notes(inp) + fid_notes(inp) + [
@@ -620,7 +659,8 @@ def table3(inp: Inputs) -> Table:
         "Mechanism columns (DRR benchmark, rsna_like, beyond the paper): does the mask find the opacity (AUROC of "
         "the G_A mask against the true opacity mask, pixels pooled), is it off on normals (mean mask; Eq. 4 wants "
         "it at most a quarter of the mean mask on opacity images), is the opacity removed (residual after/before, "
-        "1 = untouched) and the anatomy kept (mean |y - x| outside the opacity).", prior_localisation_note(inp)]
+        "1 = untouched) and the anatomy kept (mean |y - x| outside the opacity).", FLOOR_NOTE,
+        prior_localisation_note(inp)]
     return Table("table3", "Table 3: ablation of the model components (FID/KID on rsna_like)", notes, cols, rows,
                  pcols, prows, paper_note="Paper Table 3: Inception FID/KID on the real RSNA test set.")
 
@@ -745,6 +785,8 @@ def table_paired(inp: Inputs) -> Table:
             Column("residual_opacity_ratio", "After/before ↓", "ratio", std=True),
             Column("change_outside_opacity", "Change outside opacity ↓", "unit", std=True),
             Column("mask_auroc", "Mask AUROC ↑", "unit", std=True),
+            Column("mask_auroc_lung", "Mask AUROC, lung field ↑", "unit"),
+            Column("beyond_position", "Beyond position", "check"),
             Column("mask_best_iou", "Mask best IoU ↑", "unit", std=True),
             Column("n_normal", "N normal", "int"),
             Column("normal_mean_abs_change", "Normals: mean |G(z)-z| ↓", "unit", std=True),
@@ -773,9 +815,15 @@ def table_paired(inp: Inputs) -> Table:
                     row[k] = dig(opa, "before", k)
                 row["residual_opacity_before"] = opa.get("residual_opacity_before")
                 row["_text"].update({k: "" for k in ("residual_opacity_after", "residual_opacity_ratio",
-                                                     "change_outside_opacity", "mask_auroc", "mask_best_iou",
-                                                     "normal_mean_abs_change", "normal_psnr_vs_input",
-                                                     "normal_mean_mask")})
+                                                     "change_outside_opacity", "mask_auroc", "mask_auroc_lung",
+                                                     "mask_best_iou", "normal_mean_abs_change",
+                                                     "normal_psnr_vs_input", "normal_mean_mask")})
+                rows.append(row)
+                floor = floor_row(inp, s)
+                if floor is not None:
+                    rows.append({"eval_set": s, "row": "Position-only map (floor)", "model": ORIGINAL,
+                                 "n_opacity": entry.get("n_opacity"), "seeds": "-", **floor})
+                continue
             else:
                 row["seeds"] = display_seeds(data.get("seeds"))
                 avg = opa.get("avg", {})
@@ -790,9 +838,12 @@ def table_paired(inp: Inputs) -> Table:
                     row[f"{k}_lo"], row[f"{k}_hi"] = dig(opa, "ci95", k, "lo"), dig(opa, "ci95", k, "hi")
                 row["psnr_lo"], row["psnr_hi"] = dig(opa, "ci95", "psnr_after", "lo"), dig(opa, "ci95", "psnr_after", "hi")
                 row["beats_identity"] = dig(opa, "vs_identity", "beats_identity")
+                loc = localisation_cells(entry)
+                row.update({k: v for k, v in loc.items() if k != "mask_auroc"})
+                row["mask_auroc_lo"], row["mask_auroc_hi"] = loc.get("mask_auroc_lo"), loc.get("mask_auroc_hi")
                 if row["mask_auroc"] is None and "mask_auroc" not in first:
                     row["_text"].update(mask_auroc="n/a (no mask)", mask_best_iou="n/a (no mask)",
-                                        normal_mean_mask="n/a (no mask)")
+                                        mask_auroc_lung="n/a (no mask)", normal_mean_mask="n/a (no mask)")
                 navg = dig(entry, "normal", "avg") or {}
                 for k in ("mean_abs_change", "psnr_vs_input", "mean_mask"):
                     if k in navg:
@@ -804,7 +855,7 @@ def table_paired(inp: Inputs) -> Table:
         "whole image and lung field (the Original row = the untranslated image: the 'before' of every model); "
         "residual opacity = mean |y - twin| inside the true opacity mask; change outside opacity = mean |y - x| "
         "outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; normals: how much a "
-        "translator changes images without findings (it should not).",
+        "translator changes images without findings (it should not).", FLOOR_NOTE,
         "ards_like has no normal images (normal columns empty); jsrt_like has no twins (not in this table)."]
     notes.append("Brackets: 95 % bootstrap intervals over images and seeds (PSNR per image capped at 100 dB: the "
                  "oracle is exact). Beats Identity: residual opacity lower than Identity's AND PSNR vs the twin "

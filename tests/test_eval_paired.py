@@ -8,6 +8,7 @@ from scipy import stats as sps
 
 from eval import paired
 from eval.stats import auroc
+from pipeline.auroc import auroc_counts
 
 
 def test_psnr_by_hand():
@@ -94,3 +95,66 @@ def test_residual_opacity_and_normal_change_by_hand():
     assert res["after"]["ssim"] is None  # 4x4 is smaller than the 11x11 SSIM window: undefined, not invented
     normal = paired.normal_change_metrics(twin, translated)
     assert normal["mean_abs_change"] == pytest.approx((4 * 50 + 51) / 255 / 16)
+
+
+def test_auroc_counts_equals_the_rank_auroc_of_the_expanded_samples():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, 40).astype(float) / 5  # few distinct values: ties across groups
+    pos, neg = rng.integers(0, 4, 40), rng.integers(0, 4, 40)
+    expanded = np.concatenate([np.repeat(scores, pos), np.repeat(scores, neg)])
+    labels = np.concatenate([np.ones(pos.sum(), bool), np.zeros(neg.sum(), bool)])
+    u = sps.mannwhitneyu(expanded[labels], expanded[~labels]).statistic
+    assert auroc_counts(scores, pos, neg) == pytest.approx(u / (pos.sum() * neg.sum()), rel=1e-12)
+    assert auroc_counts(scores, pos, neg) == pytest.approx(auroc(expanded, labels), rel=1e-12)
+    assert auroc_counts(scores, pos, np.zeros(40)) is None
+
+
+def _lung_and_opacity(n: int = 30, size: int = 24, seed: int = 4):
+    """Two fixed lung fields with opacities of random size at random places inside them."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    lungs = np.zeros((n, size, size), bool)
+    lungs[:, 3:21, 3:10] = True
+    lungs[:, 3:21, 14:21] = True
+    opacity = np.zeros_like(lungs)
+    for i in range(n):
+        cy, cx = rng.integers(5, 19), rng.choice([6, 17]) + rng.integers(-2, 3)
+        opacity[i] = ((yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(2, 5) ** 2) & lungs[i]
+    return lungs, opacity
+
+
+def test_position_floor_is_the_frequency_maps_auroc_and_no_image_blind_map_beats_it():
+    lungs, opacity = _lung_and_opacity()
+    field = paired.localisation_region(opacity, lungs, "lung_field")
+    freq = opacity.mean(0)
+    assert paired.position_floor(opacity) == pytest.approx(auroc(np.broadcast_to(freq, opacity.shape), opacity))
+    in_field = (opacity & field).sum(0) / np.maximum(field.sum(0), 1)
+    assert paired.position_floor(opacity, field) == pytest.approx(
+        auroc(np.broadcast_to(in_field, opacity.shape)[field], opacity[field]))
+    rng = np.random.default_rng(5)
+    smooth = np.asarray(paired.F.avg_pool2d(paired.torch.from_numpy(lungs[:1].astype(np.float64))[None], 5, 1, 2)[0, 0])
+    blind = [lungs[0].astype(float), smooth, freq + 0.05 * rng.random(freq.shape)] + \
+            [rng.random(freq.shape) for _ in range(10)]
+    for m in blind:  # any map that ignores the image, scored like a mask (pooled over the same pixels)
+        assert auroc(np.broadcast_to(m, opacity.shape), opacity) <= paired.position_floor(opacity) + 1e-12
+        assert auroc(np.broadcast_to(m, opacity.shape)[field], opacity[field]) <= \
+            paired.position_floor(opacity, field) + 1e-12
+    # the lung mask alone already scores high over the whole image: why the floor is reported beside the mask
+    assert auroc(np.broadcast_to(lungs[0], opacity.shape), opacity) > 0.75
+
+
+def test_mask_localisation_separates_a_mask_that_looks_from_one_that_does_not():
+    lungs, opacity = _lung_and_opacity()
+    looks = np.where(opacity, 200, 40).astype(np.uint8)  # follows each image's opacity
+    blind = np.broadcast_to(np.round(opacity.mean(0) * 255).astype(np.uint8), opacity.shape)  # the best blind map
+    good = paired.mask_localisation([looks, looks], opacity, lungs, n_boot=200)
+    bad = paired.mask_localisation([blind], opacity, lungs, n_boot=200)
+    for region in paired.REGIONS:
+        assert good[region]["mask"]["value"] == pytest.approx(1.0)
+        assert good[region]["beyond_position"] and good[region]["margin"]["lo"] > 0
+        # the blind map is the floor up to 8-bit rounding; the refitted floor of each replicate is optimistic
+        # (in-sample), so its margin's interval sits at or below 0
+        assert not bad[region]["beyond_position"] and bad[region]["margin"]["hi"] <= 0.005
+        assert bad[region]["mask"]["value"] == pytest.approx(bad[region]["floor"]["value"], abs=0.02)
+    assert bad["lung_field"]["floor"]["value"] < bad["image"]["floor"]["value"]
+    assert good["seeds"] == 2 and bad["n"] == len(opacity)

@@ -1,7 +1,10 @@
 """eval/localisation.py: does the prior point at the opacity? Each map against an independent computation."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from scipy.stats import mannwhitneyu
 
 from eval.localisation import class_activation_maps, localisation, map_auroc, prior_maps
 from pipeline.data.canonical import NIH14, OPACITY_LABELS
@@ -65,6 +68,11 @@ def test_localisation_scores_every_map_on_the_images_with_an_opacity():
     images[truth] = 0.9
     out = localisation(net, images, truth, list(OPACITY_LABELS), batch_size=3)
     assert out["n_images"] == 4 and out["intensity"]["mean"] == 1.0
+    # the image-blind reference: the opacity frequency at each position, scored per image (scipy's Mann-Whitney U)
+    freq = truth[:, 0].float().mean(0).numpy()
+    by_hand = [mannwhitneyu(freq[t], freq[~t]).statistic / (t.sum() * (~t).sum()) for t in truth[:, 0].numpy()]
+    assert out["position"]["mean"] == pytest.approx(float(np.mean(by_hand)), rel=1e-9)
+    assert out["position"]["mean"] < 1.0  # the boxes move: position alone cannot find them
     assert all(0.0 <= out[k]["lo"] <= out[k]["mean"] <= out[k]["hi"] <= 1.0 for k in ("cam", "saliency"))
 
 
@@ -84,5 +92,6 @@ def test_weak_label_localiser_finds_a_blob_from_domain_labels_alone_and_not_untr
     assert trained["pixel"]["mean"] >= 0.9, trained
     assert trained["image"] >= 0.9, trained
     assert untrained["pixel"]["mean"] < 0.8, untrained
+    assert trained["pixel"]["mean"] > trained["position"]["mean"] + 0.1, trained  # it looks at each image
     lo, hi = trained["pixel"]["lo"], trained["pixel"]["hi"]
     assert lo <= trained["pixel"]["mean"] <= hi

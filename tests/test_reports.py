@@ -359,7 +359,13 @@ def test_table3_and_supplementary_tables(project):
     root, _ = project
     rows = read_csv(root / "reports" / "tables" / "table3.csv")
     assert [r["model"] for r in rows] == ["ours_none", "ours_aaspm", "ours_fa", "ours_aaspm_fa", "ours_aaspm_fa_lca",
-                                          "ours"]
+                                          "ours", "position-only map (floor)"]
+    floor, rows = rows[-1], rows[:-1]
+    # the floor row: the best image-blind map on the same images, over the whole image and the lung field
+    floors = metric(root, "paired", "original")["sets"]["rsna_like"]["mask_floor"]
+    assert num(floor["mask_auroc"]) == pytest.approx(floors["image"])
+    assert num(floor["mask_auroc_lung"]) == pytest.approx(floors["lung_field"])
+    assert floors["lung_field"] < floors["image"] and floor["fid_cxr_densenet"] == ""
     marks = [tuple(r[c] for c in ("aaspm", "fa", "lca", "bam")) for r in rows]
     assert marks[0] == ("False",) * 4 and marks[-1] == ("True",) * 4 and marks[2] == ("False", "True", "False",
                                                                                       "False")
@@ -375,6 +381,10 @@ def test_table3_and_supplementary_tables(project):
         assert num(r["mask_normal"]) == pytest.approx(np.mean([nor[str(k)]["mean_mask"] for k in SEEDS]), abs=1e-6)
         assert num(r["residual_opacity_ratio"]) == pytest.approx(
             np.mean([opa[str(k)]["residual_opacity_ratio"] for k in SEEDS]))
+        loc = sets["opacity"]["localisation"]
+        assert loc["seeds"] == len(SEEDS) and loc["lung_field"]["floor"]["value"] == pytest.approx(floors["lung_field"])
+        assert num(r["mask_auroc_lung"]) == pytest.approx(loc["lung_field"]["mask"]["value"])
+        assert r["beyond_position"] == str(loc["lung_field"]["beyond_position"])
     # the ceiling the mask AUROC column is read against: the prior's own localisation, from prior.json
     assert ("masks of 12 test images, prior seed 0, [95 % bootstrap interval over images]): CAM 0.610 [0.550, 0.670], "
             "input-gradient saliency 0.720 [0.680, 0.760], pixel intensity 0.550. L_classifier"
@@ -391,6 +401,10 @@ def test_table3_and_supplementary_tables(project):
     per = metric(root, "paired", "ours")["sets"]["rsna_like"]["opacity"]["per_seed"]
     assert num(p_ours["psnr"]) == pytest.approx(np.mean([per[str(k)]["after"]["psnr"] for k in SEEDS]))
     assert num(p_ours["mask_auroc"]) == pytest.approx(np.mean([per[str(k)]["mask_auroc"] for k in SEEDS]))
+    assert num(p_ours["mask_auroc_lung"]) == pytest.approx(
+        metric(root, "paired", "ours")["sets"]["rsna_like"]["opacity"]["localisation"]["lung_field"]["mask"]["value"])
+    p_floor = [r for r in paired if r["row"] == "Position-only map (floor)" and r["eval_set"] == "rsna_like"][0]
+    assert num(p_floor["mask_auroc"]) == pytest.approx(floors["image"])
     p_munit = [r for r in paired if r["model"] == "munit" and r["eval_set"] == "rsna_like"][0]
     assert p_munit["mask_auroc"] == "" and "n/a (no mask)" in (root / "reports" / "tables" /
                                                                 "table_paired.md").read_text()
@@ -456,7 +470,7 @@ def test_missing_models_and_files_give_reasons_not_numbers(ci_project):
     assert rows["cyclegan"]["fid_cxr_densenet"] == "" and rows["cyclegan"]["rsna_like_miou"] != ""
     assert rows["ours"]["status"] == "ok"
     t3 = {r["model"]: r for r in read_csv(root / "reports" / "tables" / "table3.csv")}
-    assert len(t3) == 6 and t3["ours_fa"]["status"] == "not run in profile ci" and t3["ours_none"]["status"] == "ok"
+    assert len(t3) == 7 and t3["ours_fa"]["status"] == "not run in profile ci" and t3["ours_none"]["status"] == "ok"
     md = (root / "reports" / "tables" / "table1.md").read_text()
     assert "not run in profile ci" in md
     from reports.inputs import SMOKE_LINE  # a smoke profile says so on top, before any number

@@ -585,7 +585,7 @@ def _table_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 # Paired DRR metrics
 # --------------------------------------------------------------------------------------------------------------------
 PAIRED_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "mask_auroc",
-               "mask_best_iou", "mean_mask")
+               "mask_auroc_lung", "mask_best_iou", "mean_mask")
 
 
 PER_IMAGE_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "psnr_after")
@@ -650,7 +650,10 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
         originals = load_original(ds, opa)
         twins = load_original(ds, opa, "twin")
         lungs, opacity = load_mask(ds, opa, "lung_mask"), load_mask(ds, opa, "opacity_mask")
-        entry: dict[str, Any] = {"n_opacity": int(len(opa)), "n_normal": int(len(nor))}
+        # the best AUROC a mask could reach without looking at the image (eval/paired.py position_floor)
+        floor = {r: paired_mod.position_floor(opacity, paired_mod.localisation_region(opacity, lungs, r))
+                 for r in paired_mod.REGIONS}
+        entry: dict[str, Any] = {"n_opacity": int(len(opa)), "n_normal": int(len(nor)), "mask_floor": floor}
         if not translations:
             entry["opacity"] = paired_mod.paired_opacity_metrics(originals, twins, lungs, opacity)
             pi = entry["opacity"]["per_image"]
@@ -658,11 +661,16 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
                                                                                 ev.n_boot, seed=ev.seed),
                                         "psnr_before": bootstrap_ci(_arr(pi["psnr_before"]), ev.n_boot, seed=ev.seed)}
         else:
-            per_seed, normal_seed = {}, {}
+            per_seed, normal_seed, seed_masks = {}, {}, []
             for seed, t in translations.items():
                 masks = read_pngs(t.paths(eval_set, list(opa["id"]), "a2b", "mask")) if t.has_masks() else None
+                if masks is not None:
+                    seed_masks.append(masks)
                 per_seed[str(seed)] = paired_mod.paired_opacity_metrics(
                     originals, twins, lungs, opacity, read_pngs(t.paths(eval_set, list(opa["id"]), "a2b")), masks)
+                if masks is not None:  # this seed's point value; the interval over seeds comes below
+                    per_seed[str(seed)]["mask_auroc_lung"] = paired_mod.mask_localisation(
+                        [masks], opacity, lungs, n_boot=0)["lung_field"]["mask"]["value"]
                 if len(nor):
                     nmasks = read_pngs(t.paths(eval_set, list(nor["id"]), "a2b", "mask")) if t.has_masks() else None
                     normal_seed[str(seed)] = paired_mod.normal_change_metrics(
@@ -672,6 +680,9 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
                 entry["opacity"]["avg"][f"after_{part}"] = mean_std(r["after"][part] for r in per_seed.values())
             entry["opacity"]["ci95"], entry["opacity"]["vs_identity"] = _paired_intervals(per_seed, ev)
             entry["per_finding"] = _per_finding(opa, per_seed, ev)
+            if seed_masks:
+                entry["opacity"]["localisation"] = paired_mod.mask_localisation(seed_masks, opacity, lungs, ev.n_boot,
+                                                                                seed=ev.seed)
             if normal_seed:
                 entry["normal"] = {"per_seed": normal_seed,
                                    "avg": average_over_seeds(normal_seed, ("mean_abs_change", "psnr_vs_input",

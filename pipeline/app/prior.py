@@ -99,7 +99,7 @@ def prior_localisation(net, dataset_dir: Path, test, device) -> dict[str, Any]:
     net.eval()
     out = localisation(net, images.to(device), truth.to(device), list(canonical.OPACITY_LABELS))
     return out | {"labels": list(canonical.OPACITY_LABELS),
-                  "maps": "max-over-labels CAM; |d logits / d x| box 9 px; intensity"}
+                  "maps": "max-over-labels CAM; |d logits / d x| box 9 px; intensity; position (no image)"}
 
 
 def interval(summary: dict[str, Any]) -> str:
