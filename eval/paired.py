@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.auroc import auroc_counts
+from pipeline.auroc import auroc_counts, position_floor_counts
+from pipeline.auroc import position_floor  # noqa: F401  (the floor lives with the one AUROC; used as paired.position_floor)
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 PSNR_CAP = 100.0  # dB, per-image values only: an exact reconstruction (the oracle) has infinite PSNR
@@ -123,29 +124,6 @@ def localisation_region(opacity: np.ndarray, lungs: np.ndarray, name: str) -> np
     return np.ones_like(o) if name == "image" else (np.asarray(lungs, bool) | o)
 
 
-def position_floor(opacity: np.ndarray, region: np.ndarray | None = None,
-                   weights: np.ndarray | None = None) -> float | None:
-    """Pooled pixel AUROC of the best map that ignores the image: the map that scores every pixel position p by the
-    opacity frequency there, f(p) = #images with opacity at p / #images with p in the region.
-
-    Why it is the best: a map that sees only the position assigns one score per position; by the Neyman-Pearson lemma
-    the ROC curve of the pooled pixels is highest everywhere when positions are ranked by their likelihood ratio
-    P(p | opacity) / P(p | background), which is monotone in f(p). So no image-blind map (a fixed lung-shaped blob,
-    the lung mask smoothed, a heat map of where findings occur) beats it on these images, and a mask AUROC at or
-    below it says nothing about whether the mask looked at the image. (N, H, W) bool `opacity` and `region`
-    (default: all pixels); `weights` (N,) counts each image that many times (the bootstrap)."""
-    o = np.asarray(opacity, bool)
-    r = np.ones_like(o) if region is None else np.asarray(region, bool)
-    w = np.ones(len(o)) if weights is None else np.asarray(weights, np.float64)
-    return _floor_from_counts(w @ (o & r).reshape(len(o), -1), w @ (~o & r).reshape(len(o), -1))
-
-
-def _floor_from_counts(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """position_floor from the opacity / background counts at each position (flattened)."""
-    seen = pos + neg > 0
-    return auroc_counts(pos[seen] / (pos[seen] + neg[seen]), pos[seen], neg[seen])
-
-
 def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.ndarray, n_boot: int = 2000,
                       level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Pooled pixel AUROC of the activation mask against the true opacity, beside the position floor, over the whole
@@ -180,7 +158,7 @@ def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.nd
 
         def stats(seeds: np.ndarray, w: np.ndarray) -> tuple[float, float]:
             per_seed = [auroc_counts(levels, w @ hp[k], w @ hn[k]) for k in seeds]
-            floor = _floor_from_counts(w.astype(np.float32) @ pos_at, w.astype(np.float32) @ neg_at)
+            floor = position_floor_counts(w.astype(np.float32) @ pos_at, w.astype(np.float32) @ neg_at)
             if floor is None or any(v is None for v in per_seed):
                 return np.nan, np.nan
             return float(np.mean(per_seed)), floor

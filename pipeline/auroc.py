@@ -50,6 +50,29 @@ def auroc_counts(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float 
     return float((p * (neg_below + 0.5 * n)).sum() / (n_pos * n_neg))
 
 
+def position_floor(opacity: np.ndarray, region: np.ndarray | None = None,
+                   weights: np.ndarray | None = None) -> float | None:
+    """Pooled pixel AUROC of the best map that ignores the image: the map that scores every pixel position p by the
+    opacity frequency there, f(p) = #images with opacity at p / #images with p in the region.
+
+    Why it is the best: a map that sees only the position assigns one score per position; by the Neyman-Pearson lemma
+    the ROC curve of the pooled pixels is highest everywhere when positions are ranked by their likelihood ratio
+    P(p | opacity) / P(p | background), which is monotone in f(p). So no image-blind map (a fixed lung-shaped blob,
+    the lung mask smoothed, a heat map of where findings occur) beats it on these images, and a mask AUROC at or
+    below it says nothing about whether the mask looked at the image. (N, H, W) bool `opacity` and `region`
+    (default: all pixels); `weights` (N,) counts each image that many times (the bootstrap)."""
+    o = np.asarray(opacity, bool)
+    r = np.ones_like(o) if region is None else np.asarray(region, bool)
+    w = np.ones(len(o)) if weights is None else np.asarray(weights, np.float64)
+    return position_floor_counts(w @ (o & r).reshape(len(o), -1), w @ (~o & r).reshape(len(o), -1))
+
+
+def position_floor_counts(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """position_floor from the opacity / background pixel counts at each position (flattened, any weights)."""
+    seen = pos + neg > 0
+    return auroc_counts(pos[seen] / (pos[seen] + neg[seen]), pos[seen], neg[seen])
+
+
 def per_label_auroc(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | str]:
     """{label: AUROC or "n/a" (only one class among the test images: no number is invented)}."""
     out: dict[str, float | str] = {}

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, ContextManager
 import torch
 from torch import nn
 
-from pipeline.auroc import auroc  # the one AUROC
+from pipeline.auroc import auroc, position_floor  # the one AUROC
 from pipeline.schema import build_dataclass
 
 
@@ -62,15 +62,19 @@ class Probe:
     """A fixed validation batch for the training diagnostics, logged every `log_every` steps beside the losses.
 
     a: (N, 1, H, W) opacity images in [-1, 1]; opacity: (N, 1, H, W) bool true opacity masks of those images, or None
-    when the dataset has none; b: (M, 1, H, W) normal images in [-1, 1]. All on the training device.
+    when the dataset has none; b: (M, 1, H, W) normal images in [-1, 1]; lungs: (N, 1, H, W) bool lung masks of the
+    opacity images, or None. All on the training device.
     """
 
     a: torch.Tensor
     opacity: torch.Tensor | None
     b: torch.Tensor
+    lungs: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Probe":
-        return Probe(self.a.to(device), None if self.opacity is None else self.opacity.to(device), self.b.to(device))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+        return Probe(self.a.to(device), move(self.opacity), self.b.to(device), move(self.lungs))
 
 
 def mask_diagnostics(translator: "Translator", probe: Probe) -> dict[str, float]:
@@ -79,7 +83,11 @@ def mask_diagnostics(translator: "Translator", probe: Probe) -> dict[str, float]
     diag_mask_area_opacity / diag_mask_area_normal   mean mask value on the opacity / normal images;
     diag_mask_auroc  mean over opacity images (with some opacity) of the per-image AUROC of the mask against the true
                      opacity mask (does the mask rank opacity pixels above the rest? 0.5 = chance);
-    diag_mask_iou    mean IoU of mask > 0.5 with the true opacity mask (0 when both are empty counts as 1).
+    diag_mask_iou    mean IoU of mask > 0.5 with the true opacity mask (0 when both are empty counts as 1);
+    with lung masks, over the lung field (lung mask or opacity) of all opacity images pooled:
+    diag_mask_auroc_lung   the mask's AUROC against the true opacity, and
+    diag_mask_floor_lung   the best AUROC of a map that sees no image (pipeline/auroc.py position_floor): the mask
+                           localises this image's opacity only where the first line runs above the second.
     """
     was_training = translator.training
     translator.eval()
@@ -100,6 +108,11 @@ def mask_diagnostics(translator: "Translator", probe: Probe) -> dict[str, float]
         pred = scores > 0.5
         inter, union = (pred & truth).sum(1), (pred | truth).sum(1)
         out["diag_mask_iou"] = float(((inter + (union == 0)) / union.clip(min=1)).mean())
+        if probe.lungs is not None:
+            field = truth | probe.lungs.flatten(1).cpu().numpy()
+            value, floor = auroc(scores[field], truth[field]), position_floor(truth, field)
+            if value is not None and floor is not None:
+                out["diag_mask_auroc_lung"], out["diag_mask_floor_lung"] = value, floor
     return out
 
 

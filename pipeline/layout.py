@@ -110,8 +110,8 @@ PROBE_IMAGES = 32  # per domain: enough for a stable mean mask AUROC, cheap enou
 
 def load_probe(root: Path, size: int, n: int = PROBE_IMAGES) -> Probe | None:
     """The fixed validation batch of the training diagnostics: the first n validation images of each domain (by
-    id), opacity images with their true opacity masks when the dataset has them (the DRR benchmark does), resized
-    to the training resolution. None when the dataset has no validation split."""
+    id), opacity images with their true opacity and lung masks when the dataset has them (the DRR benchmark does),
+    resized to the training resolution. None when the dataset has no validation split."""
     ds = Layout(root).dataset(TRAIN_DATASET)
     df = read_manifest(ds)
     val = df[df["split"] == "val"].sort_values("id")
@@ -123,11 +123,15 @@ def load_probe(root: Path, size: int, n: int = PROBE_IMAGES) -> Probe | None:
         x = to_model_range(torch.from_numpy(images)[:, None])
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
-    opacity = None
-    if (a_rows["opacity_mask"] != "").all():
-        m = torch.from_numpy(load_masks(ds, a_rows, "opacity_mask"))[:, None].float()
-        opacity = F.interpolate(m, size=(size, size), mode="nearest") > 0.5
-    return Probe(tensor(load_images(ds, a_rows)), opacity, tensor(load_images(ds, b_rows)))
+    def mask(column: str) -> torch.Tensor | None:
+        if not (a_rows[column].fillna("").astype(str) != "").all():
+            return None
+        m = torch.from_numpy(load_masks(ds, a_rows, column))[:, None].float()
+        return F.interpolate(m, size=(size, size), mode="nearest") > 0.5
+
+    opacity = mask("opacity_mask")
+    return Probe(tensor(load_images(ds, a_rows)), opacity, tensor(load_images(ds, b_rows)),
+                 mask("lung_mask") if opacity is not None else None)
 
 
 def check_buildable(params: Params, source: str = "params.yaml") -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from scipy.stats import mannwhitneyu
 
 from ours import Ours
 from ours.losses import normalise_mask
@@ -183,7 +185,10 @@ def probe(seed: int = 5):
     a, b = torch.rand(4, 1, 64, 64, generator=g) * 2 - 1, torch.rand(4, 1, 64, 64, generator=g) * 2 - 1
     opacity = torch.zeros(4, 1, 64, 64, dtype=torch.bool)
     opacity[:, :, 20:40, 10:30] = True
-    return Probe(a, opacity, b)
+    opacity[1, :, 40:50, 40:50] = True  # positions that are opacity in one image only
+    lungs = torch.zeros_like(opacity)
+    lungs[:, :, 8:56, 4:60] = True
+    return Probe(a, opacity, b, lungs)
 
 
 def test_diagnostics_measure_the_mask_against_an_independent_computation():
@@ -205,6 +210,16 @@ def test_diagnostics_measure_the_mask_against_an_independent_computation():
         brute.append(greater.item())
     assert d["diag_mask_auroc"] == pytest.approx(sum(brute) / len(brute), abs=1e-9)
     assert auroc(mask_a[0].flatten().numpy(), p.opacity[0].flatten().numpy()) == pytest.approx(brute[0], abs=1e-9)
+    # lung field, pooled over images: scipy's Mann-Whitney U; the floor from the per-position frequency by hand
+    field = (p.lungs | p.opacity).numpy()
+    pos, neg = mask_a.numpy()[field & p.opacity.numpy()], mask_a.numpy()[field & ~p.opacity.numpy()]
+    u = mannwhitneyu(pos.astype(np.float64), neg.astype(np.float64)).statistic
+    assert d["diag_mask_auroc_lung"] == pytest.approx(u / (len(pos) * len(neg)), abs=1e-9)
+    freq = (p.opacity.numpy() & field).sum(0) / field.sum(0).clip(min=1)
+    fmap = np.broadcast_to(freq, field.shape)
+    u = mannwhitneyu(fmap[field & p.opacity.numpy()], fmap[field & ~p.opacity.numpy()]).statistic
+    assert d["diag_mask_floor_lung"] == pytest.approx(u / (len(pos) * len(neg)), abs=1e-9)
+    assert 0.5 < d["diag_mask_floor_lung"] < 1.0
     inter = ((mask_a > 0.5) & p.opacity).flatten(1).sum(1).float()
     union = ((mask_a > 0.5) | p.opacity).flatten(1).sum(1).float()
     assert d["diag_mask_iou"] == pytest.approx((inter / union).mean().item(), abs=1e-6)
