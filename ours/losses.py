@@ -81,6 +81,22 @@ def l_bam(masks: torch.Tensor, no_translation_needed: torch.Tensor, reduction: R
     return (_per_image(masks.float().abs(), reduction) * weight).mean()
 
 
+def l_mil(masks_translate: torch.Tensor, masks_keep: torch.Tensor, fraction: float = 0.2) -> torch.Tensor:
+    """Not in the paper (a named variant, `lambda_mil`; ours/README.md "What we found", item 10): Eq. 4 read as
+    multiple-instance learning. Eq. 4 asks the mask to stay off on images that need no translation; this term also
+    asks it to be on *somewhere* on images that do, so the mask head becomes a classifier of where the domains
+    differ: binary cross-entropy of each image's top-`fraction` mean mask value against 1 for the generator's usual
+    inputs and 0 for images already in its output domain, averaged over both groups (each group's images averaged).
+
+    masks_translate, masks_keep: (N, 1, H, W) and (M, 1, H, W) in [0, 1]."""
+    def pooled(m: torch.Tensor) -> torch.Tensor:
+        flat = m.float().flatten(1)
+        return flat.topk(max(1, int(fraction * flat.shape[1])), dim=1).values.mean(1).clamp(1e-4, 1 - 1e-4)
+
+    on, off = pooled(masks_translate), pooled(masks_keep)
+    return 0.5 * (F.binary_cross_entropy(on, torch.ones_like(on)) + F.binary_cross_entropy(off, torch.zeros_like(off)))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3.3 CDAM
 # ---------------------------------------------------------------------------------------------------------------------
@@ -140,12 +156,13 @@ def l_classifier(logits_translated: torch.Tensor, logits_source: torch.Tensor, q
 # ---------------------------------------------------------------------------------------------------------------------
 def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lambda_bam: float = 0.1,
             lambda_feature: float = 0.5, lambda_classifier: float = 0.5, lambda_adv: float = 2.0,
-            lambda_rec: float = 1.0, lambda_style: float = 0.5, acl_weight: float = 0.2) -> torch.Tensor:
+            lambda_rec: float = 1.0, lambda_style: float = 0.5, acl_weight: float = 0.2,
+            lambda_mil: float = 0.0) -> torch.Tensor:
     """Eq. 8: lambda_penalties (P_upper + P_repul) + lambda_bam L_bam + lambda_feature L_feature
-    + lambda_classifier L_classifier + lambda_adv L_adv + lambda_rec L_rec.
+    + lambda_classifier L_classifier + lambda_adv L_adv + lambda_rec L_rec (+ lambda_mil L_mil, not in the paper).
 
-    terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec; a missing term (its
-    ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w, gan_cw).
+    terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec, mil; a missing term
+    (its ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w, gan_cw).
     """
     zero = next(iter(terms.values())).new_zeros(()) if terms else torch.zeros(())
     t = lambda name: terms.get(name, zero)  # noqa: E731
@@ -154,7 +171,8 @@ def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lamb
             + lambda_feature * l_feature(t("structural"), t("style"), lambda_style)
             + lambda_classifier * t("classifier")
             + lambda_adv * (t("adv_gan") + acl_weight * t("adv_acl"))
-            + lambda_rec * t("rec"))
+            + lambda_rec * t("rec")
+            + lambda_mil * t("mil"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ours.losses import (blend, l_bam, l_classifier, l_feature, l_structural, l_style, l_total, lsgan, normalise_mask,
-                         p_lower, p_repul, p_upper)
+from ours.losses import (blend, l_bam, l_classifier, l_feature, l_mil, l_structural, l_style, l_total, lsgan,
+                         normalise_mask, p_lower, p_repul, p_upper)
 from ours.networks import MaskGenerator, MultiScaleDiscriminator, init_weights
 from pipeline.contract import Probe, Translation, Translator, mask_diagnostics
 from pipeline.data.canonical import OPACITY_LABELS as CANONICAL_OPACITY_LABELS
@@ -68,6 +68,11 @@ class OursConfig:
     reduction: Literal["mean", "sum", "acl"] = param("mean", source="assumed",
                                                      doc="per-image pixel reduction of Eq. 2-4 (printed as sums; "
                                                          "mean | sum | acl: ACL-GAN's focus-loss code, see README)")
+    lambda_mil: float = param(0.0, min=0.0, source="assumed",
+                              doc="not in the paper (0 = off): weight of L_mil, Eq. 4 read as multiple-instance "
+                                  "learning (ours/losses.py l_mil; README item 10)")
+    mil_fraction: float = param(0.2, min=0.0, max=1.0, source="assumed",
+                                doc="L_mil: fraction of each mask's highest pixels whose mean is the image's score")
     bam_fraction: float = param(0.5, min=0.0, max=1.0, source="assumed",
                                 doc="size of the random subset D' of the other domain added to each generator's "
                                     "batch for Eq. 4, as a fraction of the batch (at least 1 image)")
@@ -298,6 +303,10 @@ class Ours(Translator):
             g_b_usual = o["mask_ba"] if sym else o["mask_aba"]  # G_B's inputs that do need translating
             terms["bam"] = (self._bam(o["mask_ab"], o["mask_bb"][o["subset_b"]])
                             + self._bam(g_b_usual, o["mask_aa"][o["subset_a"]]))
+        if cfg.lambda_mil > 0:  # not in the paper: G_A on opacity (on) vs normal (off) inputs, G_B mirrored
+            terms["mil"] = l_mil(o["mask_ab"], o["mask_bb"], cfg.mil_fraction)
+            if sym:
+                terms["mil"] = terms["mil"] + l_mil(o["mask_ba"], o["mask_aa"], cfg.mil_fraction)
         if cfg.fa or cfg.lca:
             terms.update(self._cdam_terms(real_a, real_b, o))
         return terms
@@ -332,7 +341,7 @@ class Ours(Translator):
         """Eq. 8 with this model's lambdas."""
         c = self.cfg
         return l_total(terms, c.lambda_penalties, c.lambda_bam, c.lambda_feature, c.lambda_classifier, c.lambda_adv,
-                       c.lambda_rec, c.lambda_style, c.acl_weight)
+                       c.lambda_rec, c.lambda_style, c.acl_weight, c.lambda_mil)
 
     def discriminator_terms(self, real_a: torch.Tensor, real_b: torch.Tensor,
                             o: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -389,6 +398,8 @@ class Ours(Translator):
             weighted["feature"] = c.lambda_feature * l_feature(terms["structural"], terms["style"], c.lambda_style)
         if c.lca:
             weighted["classifier"] = c.lambda_classifier * terms.get("classifier", zero)
+        if c.lambda_mil > 0:
+            weighted["mil"] = c.lambda_mil * terms["mil"]
         norms = {}
         for name, value in weighted.items():
             grad = (torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ours.losses import (blend, gram_matrix, instance_norm, l_bam, l_classifier, l_feature, l_structural, l_style,
-                         l_total, lsgan, normalise_mask, p_repul, p_upper)
+                         l_mil, l_total, lsgan, normalise_mask, p_repul, p_upper)
 from ours.model import OPACITY_LABELS, label_filter
 from pipeline.prior import NIH14
 
@@ -221,6 +221,27 @@ def test_eq8_total_by_hand():
     assert l_total(terms) == pytest.approx(expected, rel=1e-6)
     without_bam = {k: v for k, v in terms.items() if k != "bam"}
     assert l_total(without_bam) == pytest.approx(expected - 0.3, rel=1e-6)
+    # the variant term (not in the paper) counts only with its own weight
+    assert l_total({**terms, "mil": t(10.0)}) == pytest.approx(expected, rel=1e-6)
+    assert l_total({**terms, "mil": t(10.0)}, lambda_mil=0.5) == pytest.approx(expected + 5.0, rel=1e-6)
+
+
+def test_mil_variant_by_hand():
+    """L_mil: BCE of each image's top-fraction mean mask (by numpy sort) against 1 (to translate) / 0 (keep)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(7)
+    on, off = torch.rand(3, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g) * 0.3
+    def top(m):  # mean of the 12 largest of 64 pixels (fraction 0.2 -> int(12.8) = 12)
+        return np.sort(m.reshape(len(m), -1).double().numpy(), axis=1)[:, -12:].mean(1)
+    p_on, p_off = top(on), top(off)
+    expected = 0.5 * (-np.log(p_on).mean() - np.log(1 - p_off).mean())
+    assert l_mil(on, off, 0.2).item() == pytest.approx(expected, rel=1e-5)
+    # it rewards a mask that is on somewhere in images to translate and off everywhere in images to keep
+    ideal_on = torch.zeros(3, 1, 8, 8)
+    ideal_on[:, :, :4, :4] = 1.0  # a quarter of the image: covers the top 20 %
+    assert l_mil(ideal_on, torch.zeros(2, 1, 8, 8)).item() < 1e-3
+    assert l_mil(torch.zeros(3, 1, 8, 8), torch.ones(2, 1, 8, 8)).item() > 9.0
 
 
 def test_lsgan_sums_scales():

@@ -257,3 +257,18 @@ def test_lower_bound_is_counted_with_p_upper_only_when_set():
     torch.manual_seed(1)
     on = build(seed=3, f_lower=0.99).generator_terms(a, b)["p_upper"]  # every mask is below 99 % area
     assert on.item() > off.item() + 1e-4
+
+
+def test_mil_variant_is_off_by_default_and_reaches_the_mask_head_when_on():
+    """lambda_mil (not in the paper): no term and no change at 0; when on, its term is logged, enters Eq. 8 with its
+    weight and pulls on G_A's mask head."""
+    a, b = batch()
+    assert "mil" not in build(seed=3).generator_terms(a, b)
+    model = build(seed=3, lambda_mil=2.0)
+    torch.manual_seed(1)
+    terms = model.generator_terms(a, b)
+    assert terms["mil"].item() > 0
+    without = {k: v for k, v in terms.items() if k != "mil"}
+    assert (model.total(terms) - model.total(without)).item() == pytest.approx(2.0 * terms["mil"].item(), rel=1e-5)
+    ratios = model.mask_gradient_ratios(a, b)
+    assert ratios["diag_grad_mil"] > 0
