@@ -133,7 +133,8 @@ def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.nd
     (N, H, W). For each region: "mask" (mean over seeds of the pooled AUROC), "floor" (position_floor on the same
     images) and "margin" (mask - floor): {"value", "lo", "hi"}; each bootstrap replicate draws seeds and images with
     replacement (two-stage, images paired across seeds) and recomputes all three. "beyond_position": the margin's
-    interval lies above 0 (the mask ranks opacity pixels higher than any image-blind map could)."""
+    interval lies above 0 (the mask ranks opacity pixels higher than any image-blind map could). "per_seed": each
+    seed's pooled AUROC on all images, in the order of `masks`."""
     o = np.asarray(opacity, bool)
     n, s = len(o), len(masks)
     alpha = (1 - level) / 2
@@ -173,7 +174,8 @@ def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.nd
 
         margin = interval(mask - floor, reps[:, 0] - reps[:, 1]) if n_boot else {"value": mask - floor}
         out[name] = {"mask": interval(mask, reps[:, 0]), "floor": interval(floor, reps[:, 1]), "margin": margin,
-                     "beyond_position": bool(margin.get("lo") is not None and margin["lo"] > 0)}
+                     "beyond_position": bool(margin.get("lo") is not None and margin["lo"] > 0),
+                     "per_seed": [auroc_counts(levels, hp[k].sum(0), hn[k].sum(0)) for k in range(s)]}
     return out
 
 

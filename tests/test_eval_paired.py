@@ -158,3 +158,17 @@ def test_mask_localisation_separates_a_mask_that_looks_from_one_that_does_not():
         assert bad[region]["mask"]["value"] == pytest.approx(bad[region]["floor"]["value"], abs=0.02)
     assert bad["lung_field"]["floor"]["value"] < bad["image"]["floor"]["value"]
     assert good["seeds"] == 2 and bad["n"] == len(opacity)
+
+
+def test_mask_localisation_per_seed_is_each_seeds_pooled_auroc():
+    lungs, opacity = _lung_and_opacity()
+    rng = np.random.default_rng(6)
+    masks = [np.clip(np.where(opacity, 120, 60) + rng.normal(0, s, opacity.shape), 0, 255).astype(np.uint8)
+             for s in (20, 80)]  # a sharper and a noisier mask
+    out = paired.mask_localisation(masks, opacity, lungs, n_boot=0)
+    for region in paired.REGIONS:
+        r = paired.localisation_region(opacity, lungs, region)
+        expected = [auroc(m[r].astype(float), opacity[r]) for m in masks]
+        assert out[region]["per_seed"] == pytest.approx(expected, rel=1e-12)
+        assert out[region]["mask"]["value"] == pytest.approx(np.mean(expected), rel=1e-12)
+        assert expected[0] > expected[1]  # the noise level shows: the per-seed values are not one number twice

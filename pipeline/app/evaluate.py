@@ -665,24 +665,24 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
             for seed, t in translations.items():
                 masks = read_pngs(t.paths(eval_set, list(opa["id"]), "a2b", "mask")) if t.has_masks() else None
                 if masks is not None:
-                    seed_masks.append(masks)
+                    seed_masks.append((str(seed), masks))
                 per_seed[str(seed)] = paired_mod.paired_opacity_metrics(
                     originals, twins, lungs, opacity, read_pngs(t.paths(eval_set, list(opa["id"]), "a2b")), masks)
-                if masks is not None:  # this seed's point value; the interval over seeds comes below
-                    per_seed[str(seed)]["mask_auroc_lung"] = paired_mod.mask_localisation(
-                        [masks], opacity, lungs, n_boot=0)["lung_field"]["mask"]["value"]
                 if len(nor):
                     nmasks = read_pngs(t.paths(eval_set, list(nor["id"]), "a2b", "mask")) if t.has_masks() else None
                     normal_seed[str(seed)] = paired_mod.normal_change_metrics(
                         load_original(ds, nor), read_pngs(t.paths(eval_set, list(nor["id"]), "a2b")), nmasks)
+            if seed_masks:  # pooled over all images: each seed's point value and the interval over seeds and images
+                loc = paired_mod.mask_localisation([m for _, m in seed_masks], opacity, lungs, ev.n_boot, seed=ev.seed)
+                for (seed, _), value in zip(seed_masks, loc["lung_field"]["per_seed"]):
+                    per_seed[seed]["mask_auroc_lung"] = value
             entry["opacity"] = {"per_seed": per_seed, "avg": average_over_seeds(per_seed, PAIRED_KEYS)}
             for part in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
                 entry["opacity"]["avg"][f"after_{part}"] = mean_std(r["after"][part] for r in per_seed.values())
             entry["opacity"]["ci95"], entry["opacity"]["vs_identity"] = _paired_intervals(per_seed, ev)
             entry["per_finding"] = _per_finding(opa, per_seed, ev)
             if seed_masks:
-                entry["opacity"]["localisation"] = paired_mod.mask_localisation(seed_masks, opacity, lungs, ev.n_boot,
-                                                                                seed=ev.seed)
+                entry["opacity"]["localisation"] = loc
             if normal_seed:
                 entry["normal"] = {"per_seed": normal_seed,
                                    "avg": average_over_seeds(normal_seed, ("mean_abs_change", "psnr_vs_input",
