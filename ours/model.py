@@ -98,6 +98,11 @@ class OursConfig:
     generator: Literal["adain", "resnet"] = param("adain", source="assumed",
                                                   doc="ACL-GAN's AdaIN generator (+1 mask channel) or the same "
                                                       "encoder-decoder with IN and no style (deterministic)")
+    gen_init: Literal["official", "pytorch"] = param(
+        "official", source="assumed",
+        doc="generator weights at step 0: ACL-GAN/MUNIT's kaiming-normal (fan-in) on every conv and linear layer, "
+            "biases 0, or PyTorch's default layer init (README 'What we found', item 11: under the official init "
+            "the mask follows the random style code as much as the image)")
     gen_dim: int = param(64, min=1, source="official", doc="ACL-GAN/MUNIT gen.dim")
     gen_n_downsample: int = param(2, min=0, max=6, source="official", doc="ACL-GAN/MUNIT gen.n_downsample")
     gen_n_res: int = param(4, min=0, source="official", doc="ACL-GAN/MUNIT gen.n_res")
@@ -156,6 +161,8 @@ class Ours(Translator):
         if cfg.symmetric:
             self.dis_pair_b = MultiScaleDiscriminator(2 * in_channels, **dis)  # pairs (x_b, .)
         for name, module in self.named_children():
+            if name.startswith("gen") and cfg.gen_init == "pytorch":
+                continue  # the layers keep the init they were constructed with
             init_weights(module, "kaiming" if name.startswith("gen") else "gaussian")
         # the frozen classifier prior (phi, psi): only needed by FA / LCA
         self.prior = self._build_prior() if (cfg.fa or cfg.lca) else None
@@ -377,7 +384,23 @@ class Ours(Translator):
     def diagnostics(self, probe: Probe) -> dict[str, float]:
         """The mask's behaviour (area on opacity vs normal images, AUROC and IoU against the true opacity mask) and
         how hard each term of Eq. 8 pulls on G_A's mask head."""
-        return {**mask_diagnostics(self, probe), **self.mask_gradient_ratios(probe.a[:4], probe.b[:4])}
+        out = {**mask_diagnostics(self, probe), **self.mask_gradient_ratios(probe.a[:4], probe.b[:4])}
+        if self.gen_a.adain:
+            out["diag_mask_style_share"] = self.mask_style_share(probe.a[:8])
+        return out
+
+    @torch.no_grad()
+    def mask_style_share(self, x: torch.Tensor, draws: int = 4) -> float:
+        """How much G_A's mask follows the random style code rather than the image (README item 11): the mask's
+        std across style draws for the same image, over its std across images for the same draw, both averaged
+        over pixels. Near 1: the mask is as much noise as image; a mask that localises needs it near 0."""
+        g = self.gen_a
+        was_training = g.training
+        g.eval()
+        content = g.encode(x)
+        masks = torch.stack([normalise_mask(g.decode(content, g.random_style(x))[1]) for _ in range(draws)])
+        g.train(was_training)
+        return float(masks.std(0).mean() / masks.std(1).mean().clamp_min(1e-12))
 
     def mask_gradient_ratios(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
         """Norm of each weighted Eq. 8 term's gradient at G_A's mask head (the mask row of its last conv), divided by

@@ -253,8 +253,14 @@ def resolve_profile(name: str) -> dict:
     overrides = read_yaml(PROFILES_DIR / f"{name}.yaml")
     base = read_yaml(PROFILES_DIR / "base.yaml")
     excluded = overrides.pop("exclude_methods", None) or []
+    dropped = overrides.pop("exclude_models", None) or []  # base.yaml models this profile does not run
+    unknown = [m for m in dropped if m not in (base.get("models") or {})]
+    if unknown:
+        raise ConfigError(f"profiles/{name}.yaml: exclude_models names {unknown[0]!r}, which is not a model of "
+                          f"profiles/base.yaml ({', '.join(base.get('models') or {})})")
     replaced = {k: overrides.pop(k) for k in ("models", "seeds") if k in overrides}  # lists of runs: replaced whole
     shipped = dict(base.get("models") or {})
+    base["models"] = {m: v for m, v in (base.get("models") or {}).items() if m not in dropped}
     base = {**deep_merge(base, overrides), **replaced}
     base["profile"] = name
     base["models"] = registry_models(base.get("models") or {}, shipped, excluded, f"profiles/{name}.yaml")

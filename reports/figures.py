@@ -469,7 +469,7 @@ def figure_training(inp: Inputs, out: Path) -> Path:
 
 
 MASK_CURVES = ("diag_mask_auroc", "diag_mask_iou", "diag_mask_area_opacity", "diag_mask_area_normal",
-               "diag_mask_auroc_lung", "diag_mask_floor_lung")
+               "diag_mask_auroc_lung", "diag_mask_floor_lung", "diag_mask_style_share")
 
 
 def figure_mask_diagnostics(inp: Inputs, out: Path) -> Path:

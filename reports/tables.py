@@ -645,6 +645,16 @@ def table3(inp: Inputs) -> Table:
         p = paper.TABLE3[model]
         prows.append({**spec, "model": model, "fid_inception": p["fid"], "kid_inception": p["kid"],
                       "status": "published"})
+    paper_rows = {m for m, *_ in paper.TABLE3_ROWS}
+    for model, entry in inp.params.models.items():  # named variants of ours in this profile (not in the paper)
+        if entry.method != "ours" or model in paper_rows:
+            continue
+        f, status = fid_cells(inp, model)
+        settings = ", ".join(f"{k}={v}" for k, v in (entry.overrides or {}).items()
+                             if k not in paper.TABLE3_COMPONENTS)
+        rows.append({**configured_switches(inp, model), "model": model, **f, **mechanism_cells(inp, model),
+                     "status": _join([status, f"named variant, not in the paper ({settings or 'switches only'})"]),
+                     "seeds": _seeds_of(inp.read("fidkid", model))})
     floor = floor_row(inp, "rsna_like")
     if floor is not None:
         rows.append({**{c: None for c in paper.TABLE3_COMPONENTS}, "model": "position-only map (floor)", **floor,
@@ -653,7 +663,8 @@ def table3(inp: Inputs) -> Table:
     pcols += [Column("fid_inception", "Avg. FID ↓", "fid"), Column("kid_inception", "Avg. KID ↓", "kid")]
     notes = common_notes(inp) + fid_notes(inp) + [
         "Rows: variants of ours with the components switched as marked (params.yaml models ours_none ... "
-        "ours_aaspm_fa_lca; the last row is the full model `ours`). AASPM = adaptive activation mask selection "
+        "ours_aaspm_fa_lca; then the full model `ours`; then any named variant of ours in this profile, e.g. "
+        "`ours_mil`, with its settings in the status column). AASPM = adaptive activation mask selection "
         "penalties, FA = feature alignment, LCA = label consistency alignment, BAML = bidirectional activation "
         "minimisation loss.",
         "Mechanism columns (DRR benchmark, rsna_like, beyond the paper): does the mask find the opacity (AUROC of "

@@ -80,7 +80,8 @@ def test_paper_profile_has_the_paper_settings():
     plain = resolve_profile("paper")
     assert plain["data"]["resolution"] == 512
     assert plain["train"]["iterations"] == 250_000
-    assert len(plain["models"]) == 11  # six methods + five Table 3 ablation rows
+    assert len(plain["models"]) == 12  # six methods + five Table 3 ablation rows + the named variant ours_mil
+    assert plain["models"]["ours_mil"]["overrides"] == {"lambda_mil": 200.0, "gen_init": "pytorch"}
 
 
 def test_unknown_profile_suggests_the_closest():
@@ -136,6 +137,22 @@ def test_registry_is_the_model_list(monkeypatch):
                       "mine": {"method": "mine", "description": "mine"}}
     with pytest.raises(ConfigError, match=r"profiles/x.yaml: exclude_methods names 'munit'"):
         config.registry_models({}, shipped, ["munit"], "profiles/x.yaml")
+
+
+def test_exclude_models_drops_a_base_model_and_refuses_an_unknown_name(monkeypatch, tmp_path):
+    """A profile may leave out a model of base.yaml by name (the cpu smoke run leaves out the named variant
+    ours_mil); a name base.yaml does not have is one line naming the file."""
+    from pipeline import config
+
+    assert "ours_mil" in resolve_profile("gpu-quick")["models"] and "ours_mil" not in resolve_profile("cpu")["models"]
+    (tmp_path / "base.yaml").write_text((config.PROFILES_DIR / "base.yaml").read_text())
+    (tmp_path / "cpu.yaml").write_text("exclude_models: [ours_none, ours_typo]\n")
+    monkeypatch.setattr(config, "PROFILES_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=r"profiles/cpu.yaml: exclude_models names 'ours_typo'"):
+        resolve_profile("cpu")
+    (tmp_path / "cpu.yaml").write_text("exclude_models: [ours_none]\n")
+    models = resolve_profile("cpu")["models"]
+    assert "ours_none" not in models and {"ours", "ours_fa", "ours_mil", "cyclegan"} <= set(models)
 
 
 def test_oracle_reference_is_refused_without_twins():

@@ -272,3 +272,53 @@ def test_mil_variant_is_off_by_default_and_reaches_the_mask_head_when_on():
     assert (model.total(terms) - model.total(without)).item() == pytest.approx(2.0 * terms["mil"].item(), rel=1e-5)
     ratios = model.mask_gradient_ratios(a, b)
     assert ratios["diag_grad_mil"] > 0
+
+
+def test_mask_style_share_against_a_loop():
+    """mask_style_share: std over style draws / std over images of G_A's mask, against numpy on the same draws."""
+    model, x = build(seed=2), batch()[0].repeat(2, 1, 1, 1) * torch.linspace(0.2, 1.0, 4)[:, None, None, None]
+    torch.manual_seed(7)
+    share = model.mask_style_share(x, draws=3)
+    torch.manual_seed(7)
+    g = model.gen_a.eval()
+    with torch.no_grad():
+        masks = np.stack([normalise_mask(g(x, g.random_style(x))[1]).numpy() for _ in range(3)])  # (draw, image, ...)
+    expected = masks.std(0, ddof=1).mean() / masks.std(1, ddof=1).mean()
+    assert share == pytest.approx(float(expected), rel=1e-4)
+    model.gen_a.train()
+    model.mask_style_share(x)
+    assert model.gen_a.training
+
+
+def test_generator_init_official_is_kaiming_and_pytorch_keeps_the_layer_defaults():
+    """gen_init: 'official' = ACL-GAN/MUNIT kaiming-normal fan-in weights and zero biases on every generator conv and
+    linear layer; 'pytorch' = the layers as constructed (uniform within 1/sqrt(fan_in), biases too). The
+    discriminators get N(0, 0.02) either way."""
+    official, pytorch = build(seed=5), build(seed=5, gen_init="pytorch")
+    for gen_o, gen_p in ((official.gen_a, pytorch.gen_a), (official.gen_b, pytorch.gen_b)):
+        layers = [(o, p) for o, p in zip(gen_o.modules(), gen_p.modules()) if isinstance(o, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert len(layers) > 10
+        w_o = torch.cat([(o.weight / math.sqrt(2.0 / o.weight[0].numel())).flatten() for o, _ in layers])
+        assert w_o.std().item() == pytest.approx(1.0, abs=0.05)  # kaiming normal: std sqrt(2 / fan_in)
+        assert all(o.bias is None or not o.bias.any() for o, _ in layers)
+        for _, p in layers:
+            bound = 1.0 / math.sqrt(p.weight[0].numel())
+            assert p.weight.abs().max().item() <= bound + 1e-7
+            assert p.bias is None or p.bias.abs().max().item() > 0
+    for d_o, d_p in ((official.dis_a, pytorch.dis_a), (official.dis_b, pytorch.dis_b)):
+        for o, p in zip(d_o.modules(), d_p.modules()):
+            if isinstance(o, torch.nn.Conv2d):
+                assert o.weight.std().item() == pytest.approx(0.02, rel=0.3)
+                assert p.weight.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def test_official_init_makes_the_mask_follow_the_style_code_more_than_pytorch_init():
+    """README item 11: under the official init the AdaIN parameters, drawn through a kaiming-initialised MLP from a
+    random style code, move the mask as much as the image does; under PyTorch's default init far less."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    x = torch.stack([torch.tanh(3 * torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1)) for cx, cy in
+                     torch.rand(8, 2, generator=g) * 1.2 - 0.6])[:, None] * 2 - 1  # a bright blob in a new place each
+    shares = {kind: np.mean([build(seed=s, gen_init=kind).mask_style_share(x, draws=6) for s in range(3)])
+              for kind in ("official", "pytorch")}
+    assert shares["official"] > 2 * shares["pytorch"], shares

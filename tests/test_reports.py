@@ -31,13 +31,14 @@ from pipeline.eval_params import EvalParams
 from pipeline.offline import PROJECT_ROOT
 
 ALL_MODELS = ("ours", "munit", "unit", "cyclegan", "uvcgan", "drit", "ours_none", "ours_aaspm", "ours_fa",
-              "ours_aaspm_fa", "ours_aaspm_fa_lca")
+              "ours_aaspm_fa", "ours_aaspm_fa_lca", "ours_mil")
 CI_MODELS = ("ours", "ours_none", "cyclegan")
 SEEDS = [0, 1]
 SETS = ("ards_like", "rsna_like", "jsrt_like")
 # how much of the opacity each fake model removes (1 = returns the clean twin): gives every model its own numbers
 QUALITY = {"ours": 0.95, "munit": 0.5, "unit": 0.6, "cyclegan": 0.2, "uvcgan": 0.7, "drit": 0.55, "ours_none": 0.4,
-           "ours_aaspm": 0.6, "ours_fa": 0.65, "ours_aaspm_fa": 0.8, "ours_aaspm_fa_lca": 0.9}
+           "ours_aaspm": 0.6, "ours_fa": 0.65, "ours_aaspm_fa": 0.8, "ours_aaspm_fa_lca": 0.9,
+           "ours_mil": 0.85}
 SEGMENTER_LEVELS = {"pspnet": 100, "unet": 120, "cenet": 140, "vgg16bn_unet": 90}
 
 
@@ -286,7 +287,8 @@ def test_table1_rows_columns_and_numbers(project):
     root, result = project
     assert result["problems"] == []
     rows = read_csv(root / "reports" / "tables" / "table1.csv")
-    assert [r["row"] for r in rows] == ["Original CXRs", "MUNIT", "UNIT", "CycleGAN", "UVCGAN", "DRIT++", "Ours"]
+    assert [r["row"] for r in rows] == ["Original CXRs", "MUNIT", "UNIT", "CycleGAN", "UVCGAN", "DRIT++", "Ours",
+                                        "Ours + L_mil, PyTorch init (variant)"]
     assert len(read_csv(root / "reports" / "tables" / "table1.csv", "paper")) == 7
     for s in SETS:
         for col in (f"{s}_miou_delta", f"{s}_miou", f"{s}_sensitivity"):
@@ -359,8 +361,12 @@ def test_table3_and_supplementary_tables(project):
     root, _ = project
     rows = read_csv(root / "reports" / "tables" / "table3.csv")
     assert [r["model"] for r in rows] == ["ours_none", "ours_aaspm", "ours_fa", "ours_aaspm_fa", "ours_aaspm_fa_lca",
-                                          "ours", "position-only map (floor)"]
-    floor, rows = rows[-1], rows[:-1]
+                                          "ours", "ours_mil", "position-only map (floor)"]
+    floor, variant, rows = rows[-1], rows[-2], rows[:-2]
+    # a named variant of ours (not a paper row): its switches as configured, its settings in the status
+    assert tuple(variant[c] for c in ("aaspm", "fa", "lca", "bam")) == ("True",) * 4
+    assert variant["status"] == "named variant, not in the paper (lambda_mil=200.0, gen_init=pytorch)"
+    rows.append(variant)
     # the floor row: the best image-blind map on the same images, over the whole image and the lung field
     floors = metric(root, "paired", "original")["sets"]["rsna_like"]["mask_floor"]
     assert num(floor["mask_auroc"]) == pytest.approx(floors["image"])
@@ -370,7 +376,7 @@ def test_table3_and_supplementary_tables(project):
     assert marks[0] == ("False",) * 4 and marks[-1] == ("True",) * 4 and marks[2] == ("False", "True", "False",
                                                                                       "False")
     for r in rows:
-        assert r["status"] == "ok", r
+        assert r["status"] == "ok" or r is variant, r
         per_seed = metric(root, "fidkid", r["model"])["extractors"]["cxr-densenet"]["per_seed"]
         assert num(r["fid_cxr_densenet"]) == pytest.approx(np.mean([per_seed[str(k)]["fid"] for k in SEEDS]))
         # the mechanism beside FID/KID: mask AUROC and area (opacity vs normals), residual, change outside
