@@ -157,14 +157,16 @@ def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.nd
         pos_at = (o & r).reshape(n, -1).astype(np.float32)  # (N, H*W): which positions of image i count as opacity
         neg_at = (~o & r).reshape(n, -1).astype(np.float32)
 
-        def stats(seeds: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-            per_seed = [auroc_counts(levels, w @ hp[k], w @ hn[k]) for k in seeds]
+        def stats(seeds: np.ndarray, w: np.ndarray, per_seed: list | None = None) -> tuple[float, float]:
+            if per_seed is None:
+                per_seed = [auroc_counts(levels, w @ hp[k], w @ hn[k]) for k in seeds]
             floor = position_floor_counts(w.astype(np.float32) @ pos_at, w.astype(np.float32) @ neg_at)
             if floor is None or any(v is None for v in per_seed):
                 return np.nan, np.nan
             return float(np.mean(per_seed)), floor
 
-        mask, floor = stats(np.arange(s), np.ones(n))
+        full = [auroc_counts(levels, hp[k].sum(0), hn[k].sum(0)) for k in range(s)]  # each seed, all images
+        mask, floor = stats(np.arange(s), np.ones(n), full)
         reps = np.array([stats(ks, w) for ks, w in draws]) if n_boot else np.empty((0, 2))
 
         def interval(point: float, values: np.ndarray) -> dict[str, Any]:
@@ -175,7 +177,7 @@ def mask_localisation(masks: list[np.ndarray], opacity: np.ndarray, lungs: np.nd
         margin = interval(mask - floor, reps[:, 0] - reps[:, 1]) if n_boot else {"value": mask - floor}
         out[name] = {"mask": interval(mask, reps[:, 0]), "floor": interval(floor, reps[:, 1]), "margin": margin,
                      "beyond_position": bool(margin.get("lo") is not None and margin["lo"] > 0),
-                     "per_seed": [auroc_counts(levels, hp[k].sum(0), hn[k].sum(0)) for k in range(s)]}
+                     "per_seed": full}
     return out
 
 
