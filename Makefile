@@ -3,7 +3,8 @@
 #   make test    install (or reuse) the environment, then run the test suite
 #   make ui      MLflow UI on http://127.0.0.1:$(UI_PORT)
 # The virtual environment is reused while the dependency file is unchanged: its stamp is keyed on the
-# hash of pyproject.toml, so editing the dependencies reinstalls.
+# hash of pyproject.toml, so editing the dependencies reinstalls. pip keeps no cache (--no-cache-dir): torch's CUDA
+# wheels alone are several GB, and a cached second copy of them once filled a CI machine's disk mid-install.
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -23,8 +24,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade --quiet "pip>=24"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --no-cache-dir --upgrade --quiet "pip>=24"
+	$(BIN)/python -m pip install --no-cache-dir --quiet -e '.[test]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 	@echo "environment ready: $(VENV)"
