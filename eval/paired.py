@@ -87,6 +87,36 @@ def masked_abs_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarra
     return np.array([d[i][m[i]].mean() if m[i].any() else np.nan for i in range(len(d))])
 
 
+def masked_signed_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image mean (x - y) over the pixels of a bool mask (NaN where the mask is empty): the signed excess.
+
+    Inside the true opacity, x - twin is the opacity's added brightness (> 0 on the DRR benchmark); y - twin after a
+    translation says how much of it is left (0: the twin's level; < 0: darker than the twin)."""
+    d = (np.asarray(x, np.float64) - np.asarray(y, np.float64)).reshape(len(x), -1)
+    m = np.asarray(mask, bool).reshape(len(mask), -1)
+    return np.array([d[i][m[i]].mean() if m[i].any() else np.nan for i in range(len(d))])
+
+
+def masked_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image Pearson r of x and y over the pixels of a bool mask (NaN with < 3 pixels or a constant side).
+
+    Inside the true opacity, r(y, twin) says how much of the anatomy under the opacity the output keeps: a
+    translation that restores the brightness but paints a generic lung there has a small signed excess and a low r."""
+    xs = np.asarray(x, np.float64).reshape(len(x), -1)
+    ys = np.asarray(y, np.float64).reshape(len(y), -1)
+    m = np.asarray(mask, bool).reshape(len(mask), -1)
+    out = np.full(len(xs), np.nan)
+    for i in range(len(xs)):
+        a, b = xs[i][m[i]], ys[i][m[i]]
+        if len(a) < 3:
+            continue
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        if den > 0:
+            out[i] = float((a * b).sum() / den)
+    return out
+
+
 def level_histograms(values_u8: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Counts of each 8-bit level among positive and negative pixels."""
     v = np.asarray(values_u8, np.uint8).ravel()
@@ -207,7 +237,11 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
     x, t = to_unit(originals), to_unit(twins)
     before = masked_abs_diff(x, t, opacity)
     out["residual_opacity_before"] = _mean(before)
-    per_image: dict[str, list] = {"residual_opacity_before": _list(before), "psnr_before": _list(np.minimum(psnr(x, t), PSNR_CAP))}
+    excess_before = masked_signed_diff(x, t, opacity)  # the opacity's added brightness
+    corr_before = masked_corr(x, t, opacity)
+    out["opacity_excess_before"], out["anatomy_corr_before"] = _mean(excess_before), _mean(corr_before)
+    per_image: dict[str, list] = {"residual_opacity_before": _list(before), "psnr_before": _list(np.minimum(psnr(x, t), PSNR_CAP)),
+                                  "anatomy_corr_before": _list(corr_before)}
     if translated is not None:
         y = to_unit(translated)
         after = masked_abs_diff(y, t, opacity)
@@ -217,7 +251,14 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
         out["residual_opacity_ratio"] = _mean(after[ok] / before[ok]) if ok.any() else None
         outside = masked_abs_diff(y, x, ~np.asarray(opacity, bool))
         out["change_outside_opacity"] = _mean(outside)
+        # the residual split in two: the brightness left (signed, 1 = Identity, 0 = the twin's level) and the anatomy
+        # kept under the opacity (r with the twin; the input's r is anatomy_corr_before)
+        bright = np.isfinite(excess_before) & (excess_before > 0)
+        excess = np.where(bright, masked_signed_diff(y, t, opacity) / np.where(bright, excess_before, 1), np.nan)
+        corr = masked_corr(y, t, opacity)
+        out["opacity_excess_ratio"], out["anatomy_corr"] = _mean(excess), _mean(corr)
         per_image.update(residual_opacity_after=_list(after),
+                         opacity_excess_ratio=_list(excess), anatomy_corr=_list(corr),
                          residual_opacity_ratio=_list(np.where(ok, after / np.where(before > 0, before, 1), np.nan)),
                          change_outside_opacity=_list(outside),
                          psnr_after=_list(np.minimum(psnr(y, t), PSNR_CAP)))

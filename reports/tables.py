@@ -546,8 +546,8 @@ def configured_switches(inp: Inputs, model: str) -> dict[str, bool] | None:
 
 def mechanism_cells(inp: Inputs, model: str, eval_set: str = "rsna_like") -> dict[str, Any]:
     """What the mask mechanism does (paired DRR metrics of `eval_set`): mask AUROC vs the true opacity, mean mask on
-    opacity images and on normals (Eq. 4 wants the latter near 0), residual opacity after/before and the change
-    outside the opacity (anatomy preservation); mean and std over seeds, with the 95 % interval where computed."""
+    opacity images and on normals (Eq. 4 wants the latter near 0), residual opacity after/before with its two parts
+    (brightness left, anatomy kept under the opacity) and the change outside the opacity (anatomy preservation); mean and std over seeds, with the 95 % interval where computed."""
     data, _ = inp.get("paired", model)
     entry = dig(data, "sets", eval_set) or {}
     avg = dig(entry, "opacity", "avg") or {}
@@ -556,10 +556,12 @@ def mechanism_cells(inp: Inputs, model: str, eval_set: str = "rsna_like") -> dic
     for col, source, key in (("mask_auroc", avg, "mask_auroc"), ("mask_opacity", avg, "mean_mask"),
                              ("mask_normal", navg, "mean_mask"),
                              ("residual_opacity_ratio", avg, "residual_opacity_ratio"),
+                             ("opacity_excess_ratio", avg, "opacity_excess_ratio"),
+                             ("anatomy_corr", avg, "anatomy_corr"),
                              ("change_outside_opacity", avg, "change_outside_opacity")):
         if key in source:
             out[col], out[f"{col}_std"] = _mean_std(source[key])
-    for col in ("residual_opacity_ratio", "change_outside_opacity"):
+    for col in ("residual_opacity_ratio", "opacity_excess_ratio", "anatomy_corr", "change_outside_opacity"):
         ci = dig(entry, "opacity", "ci95", col) or {}
         out[f"{col}_lo"], out[f"{col}_hi"] = ci.get("lo"), ci.get("hi")
     out.update(localisation_cells(entry))
@@ -629,6 +631,8 @@ def table3(inp: Inputs) -> Table:
              Column("mask_opacity", "Mask area, opacity images", "unit", std=True),
              Column("mask_normal", "Mask area, normals ↓", "unit", std=True),
              Column("residual_opacity_ratio", "Residual opacity after/before ↓", "ratio", std=True),
+             Column("opacity_excess_ratio", "Brightness left (signed) →0", "ratio", std=True),
+             Column("anatomy_corr", "Anatomy kept (r with twin) ↑", "unit", std=True),
              Column("change_outside_opacity", "Change outside opacity ↓", "unit", std=True),
              Column("seeds", "Seeds"), Column("status", "Status")]
     rows, prows = [], []
@@ -670,7 +674,9 @@ def table3(inp: Inputs) -> Table:
         "Mechanism columns (DRR benchmark, rsna_like, beyond the paper): does the mask find the opacity (AUROC of "
         "the G_A mask against the true opacity mask, pixels pooled), is it off on normals (mean mask; Eq. 4 wants "
         "it at most a quarter of the mean mask on opacity images), is the opacity removed (residual after/before, "
-        "1 = untouched) and the anatomy kept (mean |y - x| outside the opacity).", FLOOR_NOTE,
+        "1 = untouched; split into the brightness left, signed, 0 = the twin's level, and the anatomy kept under the "
+        "opacity, r of the output with the twin there) and the anatomy kept elsewhere (mean |y - x| outside the "
+        "opacity).", FLOOR_NOTE,
         prior_localisation_note(inp)]
     return Table("table3", "Table 3: ablation of the model components (FID/KID on rsna_like)", notes, cols, rows,
                  pcols, prows, paper_note="Paper Table 3: Inception FID/KID on the real RSNA test set.")
@@ -794,6 +800,8 @@ def table_paired(inp: Inputs) -> Table:
             Column("residual_opacity_before", "Residual opacity before", "unit"),
             Column("residual_opacity_after", "Residual opacity after ↓", "unit", std=True),
             Column("residual_opacity_ratio", "After/before ↓", "ratio", std=True),
+            Column("opacity_excess_ratio", "Brightness left (signed) →0", "ratio", std=True),
+            Column("anatomy_corr", "Anatomy kept (r with twin) ↑", "unit", std=True),
             Column("change_outside_opacity", "Change outside opacity ↓", "unit", std=True),
             Column("mask_auroc", "Mask AUROC ↑", "unit", std=True),
             Column("mask_auroc_lung", "Mask AUROC, lung field ↑", "unit"),
@@ -825,8 +833,9 @@ def table_paired(inp: Inputs) -> Table:
                 for k in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
                     row[k] = dig(opa, "before", k)
                 row["residual_opacity_before"] = opa.get("residual_opacity_before")
+                row["anatomy_corr"] = opa.get("anatomy_corr_before")  # the input's r: what a translation starts from
                 row["_text"].update({k: "" for k in ("residual_opacity_after", "residual_opacity_ratio",
-                                                     "change_outside_opacity", "mask_auroc", "mask_auroc_lung",
+                                                     "opacity_excess_ratio", "change_outside_opacity", "mask_auroc", "mask_auroc_lung",
                                                      "mask_best_iou", "normal_mean_abs_change",
                                                      "normal_psnr_vs_input", "normal_mean_mask")})
                 rows.append(row)
@@ -842,10 +851,11 @@ def table_paired(inp: Inputs) -> Table:
                     row[k], row[f"{k}_std"] = _mean_std(avg.get(f"after_{k}"))
                 first = next(iter(opa.get("per_seed", {}).values()), {})
                 row["residual_opacity_before"] = first.get("residual_opacity_before")
-                for k in ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity",
-                          "mask_auroc", "mask_best_iou"):
+                for k in ("residual_opacity_after", "residual_opacity_ratio", "opacity_excess_ratio", "anatomy_corr",
+                          "change_outside_opacity", "mask_auroc", "mask_best_iou"):
                     row[k], row[f"{k}_std"] = _mean_std(avg.get(k))
-                for k in ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity"):
+                for k in ("residual_opacity_after", "residual_opacity_ratio", "opacity_excess_ratio", "anatomy_corr",
+                          "change_outside_opacity"):
                     row[f"{k}_lo"], row[f"{k}_hi"] = dig(opa, "ci95", k, "lo"), dig(opa, "ci95", k, "hi")
                 row["psnr_lo"], row["psnr_hi"] = dig(opa, "ci95", "psnr_after", "lo"), dig(opa, "ci95", "psnr_after", "hi")
                 row["beats_identity"] = dig(opa, "vs_identity", "beats_identity")
@@ -864,8 +874,11 @@ def table_paired(inp: Inputs) -> Table:
         "DRR benchmark only (beyond the paper): every opacity image has a hidden clean twin (the same rendering "
         "without findings) and a true opacity mask. Intensities in [0, 1]. PSNR/SSIM of the translation vs the twin, "
         "whole image and lung field (the Original row = the untranslated image: the 'before' of every model); "
-        "residual opacity = mean |y - twin| inside the true opacity mask; change outside opacity = mean |y - x| "
-        "outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; normals: how much a "
+        "residual opacity = mean |y - twin| inside the true opacity mask, split in two: brightness left = mean "
+        "(y - twin) / mean (x - twin) there (signed: 1 = Identity, 0 = the twin's level, below 0 = darker than the "
+        "twin) and anatomy kept = per-image Pearson r of y with the twin there (the Original row: the input's r; the "
+        "Oracle 1): a translation can take the brightness away and still lose the lung under it; change outside "
+        "opacity = mean |y - x| outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; normals: how much a "
         "translator changes images without findings (it should not).", FLOOR_NOTE,
         "ards_like has no normal images (normal columns empty); jsrt_like has no twins (not in this table)."]
     notes.append("Brackets: 95 % bootstrap intervals over images and seeds (PSNR per image capped at 100 dB: the "

@@ -97,6 +97,39 @@ def test_residual_opacity_and_normal_change_by_hand():
     assert normal["mean_abs_change"] == pytest.approx((4 * 50 + 51) / 255 / 16)
 
 
+def test_residual_split_into_brightness_left_and_anatomy_kept():
+    """The two parts of the residual against independent computations: the signed excess by hand, Pearson r against
+    scipy per image; a translation that takes the brightness away but paints a flat lung keeps no anatomy."""
+    rng = np.random.default_rng(5)
+    twin = rng.integers(60, 140, (3, 8, 8)).astype(np.uint8)  # textured lung
+    opacity = np.zeros((3, 8, 8), bool)
+    opacity[:, 2:6, 2:6] = True
+    original = twin.copy()
+    original[opacity] += 80  # +80 levels of brightness on 16 pixels per image
+    lungs = np.ones_like(opacity)
+    flat = original.copy()  # the brightness taken away, the texture under it replaced by the twin's mean level
+    for i in range(3):
+        flat[i][opacity[i]] = int(round(twin[i][opacity[i]].mean()))
+    half = original.copy()
+    half[opacity] -= 40  # half the brightness taken away, texture kept
+    res = paired.paired_opacity_metrics(original, twin, lungs, opacity, half)
+    assert res["opacity_excess_before"] == pytest.approx(80 / 255)
+    assert res["opacity_excess_ratio"] == pytest.approx(0.5)
+    assert res["anatomy_corr"] == pytest.approx(1.0) and res["anatomy_corr_before"] == pytest.approx(1.0)
+    res = paired.paired_opacity_metrics(original, twin, lungs, opacity, flat)
+    assert abs(res["opacity_excess_ratio"]) < 0.02  # the twin's mean level (rounded to an 8-bit level)
+    assert np.isnan(paired.masked_corr(flat / 255, twin / 255, opacity)).all()  # a constant output: r undefined
+    assert res["anatomy_corr"] is None
+    noisy = np.clip(twin.astype(int) + rng.integers(-40, 41, twin.shape), 0, 255).astype(np.uint8)
+    r = paired.masked_corr(noisy / 255, twin / 255, opacity)
+    expected = [sps.pearsonr(noisy[i][opacity[i]].astype(float), twin[i][opacity[i]].astype(float))[0] for i in range(3)]
+    assert r == pytest.approx(expected, rel=1e-9)
+    assert paired.masked_signed_diff(noisy / 255, twin / 255, opacity) == pytest.approx(
+        [(noisy[i][opacity[i]].astype(float) - twin[i][opacity[i]]).mean() / 255 for i in range(3)])
+    empty = np.zeros_like(opacity)
+    assert np.isnan(paired.masked_signed_diff(noisy / 255, twin / 255, empty)).all()
+
+
 def test_auroc_counts_equals_the_rank_auroc_of_the_expanded_samples():
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 6, 40).astype(float) / 5  # few distinct values: ties across groups

@@ -387,6 +387,8 @@ def test_table3_and_supplementary_tables(project):
         assert num(r["mask_normal"]) == pytest.approx(np.mean([nor[str(k)]["mean_mask"] for k in SEEDS]), abs=1e-6)
         assert num(r["residual_opacity_ratio"]) == pytest.approx(
             np.mean([opa[str(k)]["residual_opacity_ratio"] for k in SEEDS]))
+        for k in ("opacity_excess_ratio", "anatomy_corr"):  # the residual's two parts, mean over seeds
+            assert num(r[k]) == pytest.approx(np.mean([opa[str(s)][k] for s in SEEDS])), k
         loc = sets["opacity"]["localisation"]
         assert loc["seeds"] == len(SEEDS) and loc["lung_field"]["floor"]["value"] == pytest.approx(floors["lung_field"])
         assert num(r["mask_auroc_lung"]) == pytest.approx(loc["lung_field"]["mask"]["value"])

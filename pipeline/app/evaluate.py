@@ -584,11 +584,12 @@ def _table_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------------
 # Paired DRR metrics
 # --------------------------------------------------------------------------------------------------------------------
-PAIRED_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "mask_auroc",
-               "mask_auroc_lung", "mask_best_iou", "mean_mask")
+PAIRED_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "opacity_excess_ratio", "anatomy_corr",
+               "change_outside_opacity", "mask_auroc", "mask_auroc_lung", "mask_best_iou", "mean_mask")
 
 
-PER_IMAGE_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "change_outside_opacity", "psnr_after")
+PER_IMAGE_KEYS = ("residual_opacity_after", "residual_opacity_ratio", "opacity_excess_ratio", "anatomy_corr",
+                  "change_outside_opacity", "psnr_after")
 
 
 def _arr(values: list) -> np.ndarray:
