@@ -67,6 +67,7 @@ def summary_metrics(inp: Inputs, model: str, seed: int | None) -> dict[str, floa
         for k in ("psnr", "psnr_lung", "ssim", "ssim_lung"):
             _put(m, f"paired_{s}_{k}", dig(quality, k))
         for k in ("residual_opacity_before", "residual_opacity_after", "residual_opacity_ratio",
+                  "opacity_excess_before", "opacity_excess_ratio", "anatomy_corr_before", "anatomy_corr",
                   "change_outside_opacity", "mask_auroc", "mask_auroc_lung", "mask_best_iou"):
             _put(m, f"paired_{s}_{k}", dig(res, k))
         if model == ORIGINAL:  # the mask AUROC floor (no image seen): what a mask must beat
