@@ -80,11 +80,16 @@ def ssim(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.nda
     return np.array([s[i][centres[i]].mean() if centres[i].any() else np.nan for i in range(len(s))])
 
 
-def masked_abs_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-image mean |x - y| over the pixels of a bool mask (NaN where the mask is empty)."""
-    d = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).reshape(len(x), -1)
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image mean of (N, ...) values over the pixels of a bool mask (NaN where the mask is empty)."""
+    d = np.asarray(values, np.float64).reshape(len(values), -1)
     m = np.asarray(mask, bool).reshape(len(mask), -1)
     return np.array([d[i][m[i]].mean() if m[i].any() else np.nan for i in range(len(d))])
+
+
+def masked_abs_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image mean |x - y| over the pixels of a bool mask (NaN where the mask is empty)."""
+    return _masked_mean(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), mask)
 
 
 def masked_signed_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -92,9 +97,7 @@ def masked_signed_diff(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.nda
 
     Inside the true opacity, x - twin is the opacity's added brightness (> 0 on the DRR benchmark); y - twin after a
     translation says how much of it is left (0: the twin's level; < 0: darker than the twin)."""
-    d = (np.asarray(x, np.float64) - np.asarray(y, np.float64)).reshape(len(x), -1)
-    m = np.asarray(mask, bool).reshape(len(mask), -1)
-    return np.array([d[i][m[i]].mean() if m[i].any() else np.nan for i in range(len(d))])
+    return _masked_mean(np.asarray(x, np.float64) - np.asarray(y, np.float64), mask)
 
 
 def masked_corr(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -240,7 +243,8 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
     excess_before = masked_signed_diff(x, t, opacity)  # the opacity's added brightness
     corr_before = masked_corr(x, t, opacity)
     out["opacity_excess_before"], out["anatomy_corr_before"] = _mean(excess_before), _mean(corr_before)
-    per_image: dict[str, list] = {"residual_opacity_before": _list(before), "psnr_before": _list(np.minimum(psnr(x, t), PSNR_CAP)),
+    per_image: dict[str, list] = {"residual_opacity_before": _list(before),
+                                  "psnr_before": _list(np.minimum(psnr(x, t), PSNR_CAP)),
                                   "anatomy_corr_before": _list(corr_before)}
     if translated is not None:
         y = to_unit(translated)

@@ -547,7 +547,8 @@ def configured_switches(inp: Inputs, model: str) -> dict[str, bool] | None:
 def mechanism_cells(inp: Inputs, model: str, eval_set: str = "rsna_like") -> dict[str, Any]:
     """What the mask mechanism does (paired DRR metrics of `eval_set`): mask AUROC vs the true opacity, mean mask on
     opacity images and on normals (Eq. 4 wants the latter near 0), residual opacity after/before with its two parts
-    (brightness left, anatomy kept under the opacity) and the change outside the opacity (anatomy preservation); mean and std over seeds, with the 95 % interval where computed."""
+    (brightness left, anatomy kept under the opacity) and the change outside the opacity (anatomy preservation);
+    mean and std over seeds, with the 95 % interval where computed."""
     data, _ = inp.get("paired", model)
     entry = dig(data, "sets", eval_set) or {}
     avg = dig(entry, "opacity", "avg") or {}
@@ -835,8 +836,9 @@ def table_paired(inp: Inputs) -> Table:
                 row["residual_opacity_before"] = opa.get("residual_opacity_before")
                 row["anatomy_corr"] = opa.get("anatomy_corr_before")  # the input's r: what a translation starts from
                 row["_text"].update({k: "" for k in ("residual_opacity_after", "residual_opacity_ratio",
-                                                     "opacity_excess_ratio", "change_outside_opacity", "mask_auroc", "mask_auroc_lung",
-                                                     "mask_best_iou", "normal_mean_abs_change",
+                                                     "opacity_excess_ratio", "change_outside_opacity",
+                                                     "mask_auroc", "mask_auroc_lung", "mask_best_iou",
+                                                     "normal_mean_abs_change",
                                                      "normal_psnr_vs_input", "normal_mean_mask")})
                 rows.append(row)
                 floor = floor_row(inp, s)
@@ -878,8 +880,8 @@ def table_paired(inp: Inputs) -> Table:
         "(y - twin) / mean (x - twin) there (signed: 1 = Identity, 0 = the twin's level, below 0 = darker than the "
         "twin) and anatomy kept = per-image Pearson r of y with the twin there (the Original row: the input's r; the "
         "Oracle 1): a translation can take the brightness away and still lose the lung under it; change outside "
-        "opacity = mean |y - x| outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; normals: how much a "
-        "translator changes images without findings (it should not).", FLOOR_NOTE,
+        "opacity = mean |y - x| outside it; mask AUROC / best IoU of the activation mask vs the true opacity mask; "
+        "normals: how much a translator changes images without findings (it should not).", FLOOR_NOTE,
         "ards_like has no normal images (normal columns empty); jsrt_like has no twins (not in this table)."]
     notes.append("Brackets: 95 % bootstrap intervals over images and seeds (PSNR per image capped at 100 dB: the "
                  "oracle is exact). Beats Identity: residual opacity lower than Identity's AND PSNR vs the twin "
