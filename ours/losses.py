@@ -157,12 +157,13 @@ def l_classifier(logits_translated: torch.Tensor, logits_source: torch.Tensor, q
 def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lambda_bam: float = 0.1,
             lambda_feature: float = 0.5, lambda_classifier: float = 0.5, lambda_adv: float = 2.0,
             lambda_rec: float = 1.0, lambda_style: float = 0.5, acl_weight: float = 0.2,
-            lambda_mil: float = 0.0) -> torch.Tensor:
+            lambda_mil: float = 0.0, lambda_cycle: float = 0.0) -> torch.Tensor:
     """Eq. 8: lambda_penalties (P_upper + P_repul) + lambda_bam L_bam + lambda_feature L_feature
-    + lambda_classifier L_classifier + lambda_adv L_adv + lambda_rec L_rec (+ lambda_mil L_mil, not in the paper).
+    + lambda_classifier L_classifier + lambda_adv L_adv + lambda_rec L_rec (+ lambda_mil L_mil and lambda_cycle
+    L_cycle, not in the paper).
 
-    terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec, mil; a missing term
-    (its ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w, gan_cw).
+    terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec, mil, cycle; a missing
+    term (its ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w, gan_cw).
     """
     zero = next(iter(terms.values())).new_zeros(()) if terms else torch.zeros(())
     t = lambda name: terms.get(name, zero)  # noqa: E731
@@ -172,7 +173,8 @@ def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lamb
             + lambda_classifier * t("classifier")
             + lambda_adv * (t("adv_gan") + acl_weight * t("adv_acl"))
             + lambda_rec * t("rec")
-            + lambda_mil * t("mil"))
+            + lambda_mil * t("mil")
+            + lambda_cycle * t("cycle"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -73,6 +73,10 @@ class OursConfig:
                                   "learning (ours/losses.py l_mil; README item 10)")
     mil_fraction: float = param(0.2, min=0.0, max=1.0, source="assumed",
                                 doc="L_mil: fraction of each mask's highest pixels whose mean is the image's score")
+    lambda_cycle: float = param(0.0, min=0.0, source="assumed",
+                                doc="not in the paper (0 = off): weight of CycleGAN's cycle L1 on the blended cycle, "
+                                    "|cycle_aba - x_a| (+ mirrored), a pixel tie between a translation and its input "
+                                    "(README item 12)")
     bam_fraction: float = param(0.5, min=0.0, max=1.0, source="assumed",
                                 doc="size of the random subset D' of the other domain added to each generator's "
                                     "batch for Eq. 4, as a fraction of the batch (at least 1 image)")
@@ -314,6 +318,10 @@ class Ours(Translator):
             terms["mil"] = l_mil(o["mask_ab"], o["mask_bb"], cfg.mil_fraction)
             if sym:
                 terms["mil"] = terms["mil"] + l_mil(o["mask_ba"], o["mask_aa"], cfg.mil_fraction)
+        if cfg.lambda_cycle > 0:  # not in the paper: CycleGAN's pixel tie, through the blended cycle (item 12)
+            terms["cycle"] = F.l1_loss(o["cycle_aba"], real_a)
+            if sym:
+                terms["cycle"] = terms["cycle"] + F.l1_loss(o["cycle_bab"], real_b)
         if cfg.fa or cfg.lca:
             terms.update(self._cdam_terms(real_a, real_b, o))
         return terms
@@ -348,7 +356,7 @@ class Ours(Translator):
         """Eq. 8 with this model's lambdas."""
         c = self.cfg
         return l_total(terms, c.lambda_penalties, c.lambda_bam, c.lambda_feature, c.lambda_classifier, c.lambda_adv,
-                       c.lambda_rec, c.lambda_style, c.acl_weight, c.lambda_mil)
+                       c.lambda_rec, c.lambda_style, c.acl_weight, c.lambda_mil, c.lambda_cycle)
 
     def discriminator_terms(self, real_a: torch.Tensor, real_b: torch.Tensor,
                             o: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -423,6 +431,8 @@ class Ours(Translator):
             weighted["classifier"] = c.lambda_classifier * terms.get("classifier", zero)
         if c.lambda_mil > 0:
             weighted["mil"] = c.lambda_mil * terms["mil"]
+        if c.lambda_cycle > 0:
+            weighted["cycle"] = c.lambda_cycle * terms["cycle"]
         norms = {}
         for name, value in weighted.items():
             grad = (torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)[0]

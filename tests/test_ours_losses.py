@@ -224,6 +224,8 @@ def test_eq8_total_by_hand():
     # the variant term (not in the paper) counts only with its own weight
     assert l_total({**terms, "mil": t(10.0)}) == pytest.approx(expected, rel=1e-6)
     assert l_total({**terms, "mil": t(10.0)}, lambda_mil=0.5) == pytest.approx(expected + 5.0, rel=1e-6)
+    assert l_total({**terms, "cycle": t(4.0)}) == pytest.approx(expected, rel=1e-6)
+    assert l_total({**terms, "cycle": t(4.0)}, lambda_cycle=2.5) == pytest.approx(expected + 10.0, rel=1e-6)
 
 
 def test_mil_variant_by_hand():

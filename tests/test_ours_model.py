@@ -274,6 +274,22 @@ def test_mil_variant_is_off_by_default_and_reaches_the_mask_head_when_on():
     assert ratios["diag_grad_mil"] > 0
 
 
+def test_cycle_variant_is_off_by_default_and_is_the_l1_of_the_blended_cycles():
+    """lambda_cycle (not in the paper): no term at 0; when on, the term is |cycle_aba - x_a| + |cycle_bab - x_b|
+    (mean absolute error, by hand on the same forward), enters Eq. 8 with its weight and reaches G_A's mask head."""
+    a, b = batch()
+    assert "cycle" not in build(seed=3).generator_terms(a, b)
+    model = build(seed=3, lambda_cycle=10.0)
+    torch.manual_seed(1)
+    o = model.forward_all(a, b)
+    terms = model.generator_terms(a, b, o)
+    by_hand = (o["cycle_aba"] - a).abs().mean() + (o["cycle_bab"] - b).abs().mean()
+    assert terms["cycle"].item() == pytest.approx(by_hand.item(), rel=1e-6) and by_hand.item() > 0
+    without = {k: v for k, v in terms.items() if k != "cycle"}
+    assert (model.total(terms) - model.total(without)).item() == pytest.approx(10.0 * by_hand.item(), rel=1e-4)
+    assert model.mask_gradient_ratios(a, b)["diag_grad_cycle"] > 0
+
+
 def test_mask_style_share_against_a_loop():
     """mask_style_share: std over style draws / std over images of G_A's mask, against numpy on the same draws."""
     model, x = build(seed=2), batch()[0].repeat(2, 1, 1, 1) * torch.linspace(0.2, 1.0, 4)[:, None, None, None]
