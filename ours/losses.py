@@ -163,7 +163,8 @@ def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lamb
     L_cycle, not in the paper).
 
     terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec, mil, cycle; a missing
-    term (its ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w, gan_cw).
+    term (its ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w,
+    gan_cw).
     """
     zero = next(iter(terms.values())).new_zeros(()) if terms else torch.zeros(())
     t = lambda name: terms.get(name, zero)  # noqa: E731

@@ -122,7 +122,8 @@ def test_residual_split_into_brightness_left_and_anatomy_kept():
     assert res["anatomy_corr"] is None
     noisy = np.clip(twin.astype(int) + rng.integers(-40, 41, twin.shape), 0, 255).astype(np.uint8)
     r = paired.masked_corr(noisy / 255, twin / 255, opacity)
-    expected = [sps.pearsonr(noisy[i][opacity[i]].astype(float), twin[i][opacity[i]].astype(float))[0] for i in range(3)]
+    expected = [sps.pearsonr(noisy[i][opacity[i]].astype(float), twin[i][opacity[i]].astype(float))[0]
+                for i in range(3)]
     assert r == pytest.approx(expected, rel=1e-9)
     assert paired.masked_signed_diff(noisy / 255, twin / 255, opacity) == pytest.approx(
         [(noisy[i][opacity[i]].astype(float) - twin[i][opacity[i]]).mean() / 255 for i in range(3)])

@@ -856,7 +856,8 @@ def test_mlflow_summary_has_the_floor_rows_beside_the_methods(project, tmp_path)
     assert run.data.params["method"] == "identity" and "rsna_like_miou" in run.data.metrics
     assert set(run.data.metrics) - {"wall_s"} <= set(ours.data.metrics)  # the same names: they line up
     # the residual's two parts: Identity leaves all the brightness (ratio 1) and the input's anatomy r
-    original = client.search_runs([client.get_experiment_by_name("cxrbench").experiment_id], "tags.model = 'original'")[0]
+    experiment = client.get_experiment_by_name("cxrbench").experiment_id
+    original = client.search_runs([experiment], "tags.model = 'original'")[0]
     assert run.data.metrics["paired_rsna_like_opacity_excess_ratio"] == pytest.approx(1.0)
     assert run.data.metrics["paired_rsna_like_anatomy_corr"] == pytest.approx(
         original.data.metrics["paired_rsna_like_anatomy_corr_before"])
