@@ -107,6 +107,11 @@ class OursConfig:
         doc="generator weights at step 0: ACL-GAN/MUNIT's kaiming-normal (fan-in) on every conv and linear layer, "
             "biases 0, or PyTorch's default layer init (README 'What we found', item 11: under the official init "
             "the mask follows the random style code as much as the image)")
+    gen_output: Literal["image", "residual"] = param(
+        "image", source="assumed",
+        doc="what the generator's image head predicts: a new image (ACL-GAN) or a change added to its input, "
+            "x + tanh head (not in the paper; README 'What we found', item 12: under the mask the image head paints "
+            "a generic lung, so predict the change and keep the patient's pixels)")
     gen_dim: int = param(64, min=1, source="official", doc="ACL-GAN/MUNIT gen.dim")
     gen_n_downsample: int = param(2, min=0, max=6, source="official", doc="ACL-GAN/MUNIT gen.n_downsample")
     gen_n_res: int = param(4, min=0, source="official", doc="ACL-GAN/MUNIT gen.n_res")
@@ -209,22 +214,27 @@ class Ours(Translator):
         return self.optimizers, self.schedulers
 
     # --- forward ---------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _run(gen: MaskGenerator, x: torch.Tensor, n_rec: int = 0, style: torch.Tensor | None = None
+    def _run(self, gen: MaskGenerator, x: torch.Tensor, n_rec: int = 0, style: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """gen on a batch x (N, C, H, W) -> (blended images (Eq. 1), masks in [0, 1], self-reconstructions).
 
         The self-reconstructions are ACL-GAN's G(c(x), s(x)) of the last n_rec rows (image head, not blended; without
         AdaIN the intra-domain output itself). One encoder and one decoder pass for everything: every layer
-        normalises per sample (IN, AdaIN, LN), so batching rows changes no result.
+        normalises per sample (IN, AdaIN, LN), so batching rows changes no result. With `gen_output: residual` the
+        image head's tanh output is a change added to each row's own input (range [-2, 2] in training; inference
+        clamps to [-1, 1]).
         """
         n = x.shape[0]
         content = gen.encode(x)
         style = gen.random_style(x) if style is None else style
+        base = x
         if n_rec and gen.adain:
             content = torch.cat([content, content[n - n_rec:]])
             style = torch.cat([style, gen.style_of(x[n - n_rec:])])
+            base = torch.cat([x, x[n - n_rec:]])
         image, mask_tanh = gen.decode(content, style)
+        if self.cfg.gen_output == "residual":
+            image = base + image
         mask = normalise_mask(mask_tanh[:n])
         rec = image[n:] if gen.adain else image[n - n_rec:n]
         return blend(image[:n], mask, x), mask, rec

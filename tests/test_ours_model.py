@@ -290,6 +290,32 @@ def test_cycle_variant_is_off_by_default_and_is_the_l1_of_the_blended_cycles():
     assert model.mask_gradient_ratios(a, b)["diag_grad_cycle"] > 0
 
 
+def test_residual_output_adds_the_head_to_each_rows_own_input():
+    """gen_output: residual (not in the paper): the image head's output is a change added to the input, for the
+    translation (Eq. 1 blends x + head with x, inference clamps to [-1, 1]) and for the self-reconstruction rows
+    (their own input, not the batch's first rows); by hand from the generator's encode / decode; default unchanged."""
+    a, b = batch()
+    model = build(seed=2, gen_output="residual")
+    model.eval()
+    out = model.translate(a)
+    with torch.no_grad():
+        head, mask_tanh = model.gen_a(a, torch.zeros(2, model.cfg.style_dim))
+    m = normalise_mask(mask_tanh)
+    assert torch.allclose(out.image, ((a + head) * m + (1 - m) * a).clamp(-1, 1), atol=1e-6)
+    plain = build(seed=2)
+    plain.eval()
+    assert torch.allclose(plain.translate(a).image, (head * m + (1 - m) * a).clamp(-1, 1), atol=1e-6)
+    # self-reconstruction: G_A(c(x_b), s(x_b)) + x_b, batch [a; b] with b the last rows
+    with torch.no_grad():
+        o = model.forward_all(a, b)
+        rec_head, _ = model.gen_a.decode(model.gen_a.encode(b), model.gen_a.style_of(b))
+    assert torch.allclose(o["rec_b"], b + rec_head, atol=1e-5)
+    assert not torch.allclose(o["rec_b"], rec_head, atol=1e-3)
+    model.train()
+    losses = model.train_step(a, b, 0, ready(model))
+    assert all(math.isfinite(v) for v in losses.values())
+
+
 def test_mask_style_share_against_a_loop():
     """mask_style_share: std over style draws / std over images of G_A's mask, against numpy on the same draws."""
     model, x = build(seed=2), batch()[0].repeat(2, 1, 1, 1) * torch.linspace(0.2, 1.0, 4)[:, None, None, None]
