@@ -80,8 +80,10 @@ def test_paper_profile_has_the_paper_settings():
     plain = resolve_profile("paper")
     assert plain["data"]["resolution"] == 512
     assert plain["train"]["iterations"] == 250_000
-    assert len(plain["models"]) == 12  # six methods + five Table 3 ablation rows + the named variant ours_mil
+    assert len(plain["models"]) == 13  # six methods + five Table 3 ablation rows + the named variants ours_mil(_res)
     assert plain["models"]["ours_mil"]["overrides"] == {"lambda_mil": 200.0, "gen_init": "pytorch"}
+    assert plain["models"]["ours_mil_res"]["overrides"] == {"lambda_mil": 200.0, "gen_init": "pytorch",
+                                                            "gen_output": "residual"}
 
 
 def test_unknown_profile_suggests_the_closest():
@@ -144,7 +146,9 @@ def test_exclude_models_drops_a_base_model_and_refuses_an_unknown_name(monkeypat
     ours_mil); a name base.yaml does not have is one line naming the file."""
     from pipeline import config
 
-    assert "ours_mil" in resolve_profile("gpu-quick")["models"] and "ours_mil" not in resolve_profile("cpu")["models"]
+    for variant in ("ours_mil", "ours_mil_res"):
+        assert variant in resolve_profile("gpu-quick")["models"] and variant not in resolve_profile("cpu")["models"]
+        assert variant in resolve_profile("cpu-rank")["models"]
     (tmp_path / "base.yaml").write_text((config.PROFILES_DIR / "base.yaml").read_text())
     (tmp_path / "cpu.yaml").write_text("exclude_models: [ours_none, ours_typo]\n")
     monkeypatch.setattr(config, "PROFILES_DIR", tmp_path)
