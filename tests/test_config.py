@@ -83,7 +83,7 @@ def test_paper_profile_has_the_paper_settings():
     assert len(plain["models"]) == 13  # six methods + five Table 3 ablation rows + the named variants ours_mil(_res)
     assert plain["models"]["ours_mil"]["overrides"] == {"lambda_mil": 200.0, "gen_init": "pytorch"}
     assert plain["models"]["ours_mil_res"]["overrides"] == {"lambda_mil": 200.0, "gen_init": "pytorch",
-                                                            "gen_output": "residual"}
+                                                            "gen_output": "residual", "dis_dim": 64}
 
 
 def test_unknown_profile_suggests_the_closest():
@@ -149,6 +149,10 @@ def test_exclude_models_drops_a_base_model_and_refuses_an_unknown_name(monkeypat
     for variant in ("ours_mil", "ours_mil_res"):
         assert variant in resolve_profile("gpu-quick")["models"] and variant not in resolve_profile("cpu")["models"]
         assert variant in resolve_profile("cpu-rank")["models"]
+    # ours_mil_res keeps the official discriminator width where cpu-rank shrinks the method's (ours/README item 13)
+    rank = build_dataclass(Params, resolve_profile("cpu-rank"), "cpu-rank")
+    assert rank.method_config("ours").dis_dim == 16 and rank.method_config("ours_mil").dis_dim == 16
+    assert rank.method_config("ours_mil_res").dis_dim == 64
     (tmp_path / "base.yaml").write_text((config.PROFILES_DIR / "base.yaml").read_text())
     (tmp_path / "cpu.yaml").write_text("exclude_models: [ours_none, ours_typo]\n")
     monkeypatch.setattr(config, "PROFILES_DIR", tmp_path)

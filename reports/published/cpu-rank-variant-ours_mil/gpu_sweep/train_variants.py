@@ -1,0 +1,146 @@
+"""Train several `ours_mil_res` settings side by side on one GPU, within a wall-clock deadline (the lent GPU gives a
+session a few minutes). How this record's weights were made; their evaluation ran on CPU afterwards (README.md).
+
+Run from the repository root on the GPU machine (bare image: torch, pandas, scipy, pyyaml; no MLflow needed):
+    PYTHONPATH=. python3 reports/published/cpu-rank-variant-ours_mil/gpu_sweep/train_variants.py \
+        --ws WORKSPACE --params PARAMS --deadline 330 --out OUT.tgz
+WORKSPACE holds data/drr (the cpu-rank DRR training set) and models/prior (the cpu-rank prior); PARAMS is the
+cpu-rank profile as `cxrbench profile cpu-rank` writes it. Each variant is one process (2 CPU threads) running the
+train stage's own code (pipeline.app.train.run_train, tracking off) with the variant as a named model. A run that
+has not finished at the deadline is stopped and its newest checkpoint exported, marked `truncated_at` in the
+weights' JSON: a checkpoint of a longer schedule, not a shorter run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import yaml
+
+BASE = {"lambda_mil": 200.0, "gen_init": "pytorch", "gen_output": "residual"}  # the named model ours_mil_res
+# name: (extra overrides, iterations, seed)
+VARIANTS = {
+    "res_i2400": ({}, 2400, 0),                       # the CPU record's setting: the GPU against CPU
+    "res_i9600": ({}, 9600, 0),                       # 4x longer
+    "res_i9600_s1": ({}, 9600, 1),
+    "res_i9600_adv6": ({"lambda_adv": 6.0}, 9600, 0),  # 3x the adversarial pull (Eq. 8's 2)
+    "res_i9600_lca2": ({"lambda_classifier": 2.0}, 9600, 0),  # 4x L_LCA, the prior's "no opacity" pull
+    "res_i9600_dis64": ({"dis_dim": 64}, 9600, 0),    # the official discriminator width
+    # second lease call (the machine kept no checkpoints to resume): the same settings at other seeds
+    "res_i9600_s2": ({}, 9600, 2),
+    "res_i9600_s3": ({}, 9600, 3),
+    "res_i9600_adv6_s1": ({"lambda_adv": 6.0}, 9600, 1),
+    "res_i9600_lca2_s1": ({"lambda_classifier": 2.0}, 9600, 1),
+    "res_i9600_dis64_s1": ({"dis_dim": 64}, 9600, 1),
+}
+
+
+def variant_params(base_path: Path, name: str, out: Path, checkpoint_every: int = 400) -> Path:
+    plain = yaml.safe_load(base_path.read_text())
+    extra, iterations, _ = VARIANTS[name]
+    plain["models"] = {name: {"method": "ours", "package": "ours", "overrides": {**BASE, **extra},
+                              "description": f"ours_mil_res {extra or ''} {iterations} its"}}
+    plain["train"].update(iterations=iterations, device="auto", precision="fp32", checkpoint_every=checkpoint_every,
+                          keep_checkpoints=1, threads=2, log_every=100)
+    plain["tracking"]["enabled"] = False
+    # a relative prior path resolves against the repository, not the workspace
+    plain["methods"]["ours"]["prior_weights"] = str(out.parent / "models" / "prior" / "prior.pt")
+    out.write_text(yaml.safe_dump(plain, sort_keys=False))
+    return out
+
+
+def child(ws: Path, params_path: Path, name: str) -> None:
+    os.chdir(ws)
+    from pipeline.app.train import run_train
+    from pipeline.config import load_params
+
+    params = load_params(params_path)
+    t0 = time.time()
+    summary = run_train(params, name, root=Path("."), seeds=[VARIANTS[name][2]])
+    print(json.dumps({"variant": name, "wall_s": round(time.time() - t0, 1), "summary": summary}, default=str))
+
+
+def export_truncated(ws: Path, params_path: Path, name: str) -> dict:
+    """The newest checkpoint of an unfinished run, as inference weights with its step."""
+    import torch
+
+    from pipeline.config import load_params
+    from pipeline.engine import export_weights, list_checkpoints
+    from pipeline.layout import Layout, build_translator
+
+    os.chdir(ws)
+    params = load_params(params_path)
+    seed = VARIANTS[name][2]
+    layout = Layout(Path("."))
+    ckpts = list_checkpoints(layout.checkpoints(name, seed))
+    if not ckpts:
+        return {"status": "no checkpoint"}
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    t = build_translator(params, name)
+    t.load_state_dict(state["model"])
+    export_weights(t, layout.weights(name, seed),
+                   {"model": name, "method": "ours", "seed": seed, "step": state["step"],
+                    "truncated_at": state["step"], "planned_iterations": VARIANTS[name][1],
+                    "image_size": params.data.resolution, "has_mask": True,
+                    "config": VARIANTS[name][0]})
+    return {"status": "truncated", "step": state["step"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--ws", type=Path, required=True)
+    p.add_argument("--params", type=Path, required=True)
+    p.add_argument("--deadline", type=float, default=330.0, help="seconds until unfinished runs are stopped")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    p.add_argument("--checkpoint-every", type=int, default=400)
+    p.add_argument("--child", default="")
+    a = p.parse_args()
+    ws, params = a.ws.resolve(), a.params.resolve()
+    if a.child:
+        child(ws, params, a.child)
+        return 0
+    names = [n for n in (a.only.split(",") if a.only else VARIANTS)]
+    (ws / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    procs, t0 = {}, time.time()
+    for name in names:
+        pp = variant_params(params, name, ws / f"params-{name}.yaml", a.checkpoint_every)
+        log = open(ws / "logs" / f"{name}.log", "w")
+        procs[name] = subprocess.Popen([sys.executable, __file__, "--ws", str(ws), "--params", str(pp),
+                                        "--out", str(a.out), "--child", name], stdout=log, stderr=subprocess.STDOUT,
+                                       env=env)
+    while any(pr.poll() is None for pr in procs.values()) and time.time() - t0 < a.deadline:
+        time.sleep(5)
+    result = {}
+    for name, pr in procs.items():
+        if pr.poll() is None:
+            pr.terminate()
+            try:
+                pr.wait(20)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+            result[name] = export_truncated(ws, ws / f"params-{name}.yaml", name)
+        else:
+            result[name] = {"status": "finished" if pr.returncode == 0 else f"failed rc={pr.returncode}"}
+        result[name]["wall_s"] = round(time.time() - t0, 1)
+    (ws / "sweep.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    with tarfile.open(a.out, "w:gz") as tar:
+        for sub in ("models", "curves", "metrics", "logs", "sweep.json"):
+            for path in sorted((ws / sub).rglob("*")) if (ws / sub).is_dir() else [ws / sub]:
+                if path.is_file() and "prior" not in path.parts:
+                    tar.add(path, arcname=str(path.relative_to(ws)))
+        for name in names:
+            tar.add(ws / f"params-{name}.yaml", arcname=f"params-{name}.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
