@@ -68,10 +68,8 @@ def child(ws: Path, params_path: Path, name: str) -> None:
 
 def export_truncated(ws: Path, params_path: Path, name: str) -> dict:
     """The newest checkpoint of an unfinished run, as inference weights with its step."""
-    import torch
-
     from pipeline.config import load_params
-    from pipeline.engine import export_weights, list_checkpoints
+    from pipeline.engine import export_weights, list_checkpoints, safe_load
     from pipeline.layout import Layout, build_translator
 
     os.chdir(ws)
@@ -81,7 +79,7 @@ def export_truncated(ws: Path, params_path: Path, name: str) -> dict:
     ckpts = list_checkpoints(layout.checkpoints(name, seed))
     if not ckpts:
         return {"status": "no checkpoint"}
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    state = safe_load(ckpts[-1], map_location="cpu")  # the engine's own checkpoint reader (weights_only)
     t = build_translator(params, name)
     t.load_state_dict(state["model"])
     export_weights(t, layout.weights(name, seed),
