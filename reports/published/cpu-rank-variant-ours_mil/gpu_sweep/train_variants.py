@@ -6,7 +6,8 @@ Run from the repository root on the GPU machine (bare image: torch, pandas, scip
         --ws WORKSPACE --params PARAMS --deadline 330 --out OUT.tgz
 WORKSPACE holds data/drr (the cpu-rank DRR training set) and models/prior (the cpu-rank prior); PARAMS is the
 cpu-rank profile as `cxrbench profile cpu-rank` writes it. Each variant is one process (2 CPU threads) running the
-train stage's own code (pipeline.app.train.run_train, tracking off) with the variant as a named model. A run that
+train stage itself (`python -m pipeline.app.cli train --model NAME`, tracking off) in its own root, runs/NAME/
+(CXRBENCH_ROOT: its params.yaml, with the variant as a named model; data and prior linked). A run that
 has not finished at the deadline is stopped and its newest checkpoint exported, marked `truncated_at` in the
 weights' JSON: a checkpoint of a longer schedule, not a shorter run.
 """
@@ -49,33 +50,34 @@ def variant_params(base_path: Path, name: str, out: Path, checkpoint_every: int 
     plain["train"].update(iterations=iterations, device="auto", precision="fp32", checkpoint_every=checkpoint_every,
                           keep_checkpoints=1, threads=2, log_every=100)
     plain["tracking"]["enabled"] = False
-    # a relative prior path resolves against the repository, not the workspace
+    plain["seeds"] = [VARIANTS[name][2]]
+    plain["methods"] = {"ours": plain["methods"]["ours"]}  # the root has no baselines/ (the registry scans it)
+    # absolute, so the parent (another root) finds it too when it exports a stopped run
     plain["methods"]["ours"]["prior_weights"] = str(out.parent / "models" / "prior" / "prior.pt")
     out.write_text(yaml.safe_dump(plain, sort_keys=False))
     return out
 
 
-def child(ws: Path, params_path: Path, name: str) -> None:
-    os.chdir(ws)
-    from pipeline.app.train import run_train
-    from pipeline.config import load_params
+def variant_root(ws: Path, name: str) -> Path:
+    """runs/<name>/: the variant's own checkout root (CXRBENCH_ROOT) with its params.yaml, sharing the workspace's
+    data and prior through links, so runs in parallel write their own models/, checkpoints/, curves/, metrics/."""
+    root = ws / "runs" / name
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    for link, target in ((root / "data", ws / "data"), (root / "models" / "prior", ws / "models" / "prior")):
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    return root
 
-    params = load_params(params_path)
-    t0 = time.time()
-    summary = run_train(params, name, root=Path("."), seeds=[VARIANTS[name][2]])
-    print(json.dumps({"variant": name, "wall_s": round(time.time() - t0, 1), "summary": summary}, default=str))
 
-
-def export_truncated(ws: Path, params_path: Path, name: str) -> dict:
+def export_truncated(root: Path, name: str) -> dict:
     """The newest checkpoint of an unfinished run, as inference weights with its step."""
     from pipeline.config import load_params
     from pipeline.engine import export_weights, list_checkpoints, safe_load
     from pipeline.layout import Layout, build_translator
 
-    os.chdir(ws)
-    params = load_params(params_path)
+    params = load_params(root / "params.yaml")
     seed = VARIANTS[name][2]
-    layout = Layout(Path("."))
+    layout = Layout(root)
     ckpts = list_checkpoints(layout.checkpoints(name, seed))
     if not ckpts:
         return {"status": "no checkpoint"}
@@ -98,22 +100,19 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--only", default="", help="comma-separated variants (default: all)")
     p.add_argument("--checkpoint-every", type=int, default=400)
-    p.add_argument("--child", default="")
     a = p.parse_args()
     ws, params = a.ws.resolve(), a.params.resolve()
-    if a.child:
-        child(ws, params, a.child)
-        return 0
     names = [n for n in (a.only.split(",") if a.only else VARIANTS)]
     (ws / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     procs, t0 = {}, time.time()
     for name in names:
-        pp = variant_params(params, name, ws / f"params-{name}.yaml", a.checkpoint_every)
+        root = variant_root(ws, name)
+        variant_params(params, name, root / "params.yaml", a.checkpoint_every)
         log = open(ws / "logs" / f"{name}.log", "w")
-        procs[name] = subprocess.Popen([sys.executable, __file__, "--ws", str(ws), "--params", str(pp),
-                                        "--out", str(a.out), "--child", name], stdout=log, stderr=subprocess.STDOUT,
-                                       env=env)
+        procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "train", "--model", name],
+                                       cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**env, "CXRBENCH_ROOT": str(root)})
     while any(pr.poll() is None for pr in procs.values()) and time.time() - t0 < a.deadline:
         time.sleep(5)
     result = {}
@@ -124,19 +123,22 @@ def main() -> int:
                 pr.wait(20)
             except subprocess.TimeoutExpired:
                 pr.kill()
-            result[name] = export_truncated(ws, ws / f"params-{name}.yaml", name)
+            result[name] = export_truncated(ws / "runs" / name, name)
         else:
             result[name] = {"status": "finished" if pr.returncode == 0 else f"failed rc={pr.returncode}"}
         result[name]["wall_s"] = round(time.time() - t0, 1)
     (ws / "sweep.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     with tarfile.open(a.out, "w:gz") as tar:
-        for sub in ("models", "curves", "metrics", "logs", "sweep.json"):
-            for path in sorted((ws / sub).rglob("*")) if (ws / sub).is_dir() else [ws / sub]:
-                if path.is_file() and "prior" not in path.parts:
-                    tar.add(path, arcname=str(path.relative_to(ws)))
         for name in names:
-            tar.add(ws / f"params-{name}.yaml", arcname=f"params-{name}.yaml")
+            root = ws / "runs" / name
+            for sub in ("models", "curves", "metrics"):
+                for path in sorted((root / sub).rglob("*")) if (root / sub).is_dir() else []:
+                    if path.is_file() and "prior" not in path.parts:
+                        tar.add(path, arcname=str(path.relative_to(root)))
+            tar.add(root / "params.yaml", arcname=f"params-{name}.yaml")
+        for path in [*sorted((ws / "logs").glob("*.log")), ws / "sweep.json"]:
+            tar.add(path, arcname=str(path.relative_to(ws)))
     return 0
 
 
