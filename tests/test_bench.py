@@ -68,7 +68,8 @@ def test_bench_parallel_runs_the_three_scenarios_with_their_thread_counts(tmp_pa
 BARE = """
 import sys
 from pathlib import Path
-BLOCKED = {"mlflow", "dvc", "torch_fidelity", "segmentation_models_pytorch", "ultralytics", "pydicom", "nibabel"}
+BLOCKED = {"mlflow", "dvc", "torch_fidelity", "segmentation_models_pytorch", "ultralytics", "pydicom",
+           "nibabel"}
 
 
 class Bare:  # a bare GPU image: these packages are not installed
