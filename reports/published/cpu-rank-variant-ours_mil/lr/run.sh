@@ -1,6 +1,7 @@
 set -e
-cd /tmp/pub
-export PATH=/work/main/.venv/bin:$PATH PYTHONPATH=/tmp/pub
+# Usage: CHECKOUT=<cpu-rank checkout> bash run.sh, with the project venv's bin on PATH
+cd "${CHECKOUT:?set CHECKOUT to the cpu-rank checkout}"
+export PYTHONPATH="$CHECKOUT"
 setp() { python - "$@" <<'P'
 import sys, yaml
 p = yaml.safe_load(open('params.yaml'))
