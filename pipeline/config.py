@@ -86,6 +86,13 @@ class ModelEntry:
                                  "`cxrbench profile` fills it in")
     overrides: dict[str, Any] = param(default_factory=dict, doc="values that replace methods.<method> for this model")
     description: str = param("", doc="one line for tables")
+    iterations: int = param(0, min=0, doc="training iterations of this model; 0 = train.iterations. A model with "
+                                          "its own budget is flagged in every table note that ranks it (unequal "
+                                          "budgets): use it for variants that show a mechanism, not to rank")
+
+    def train_iterations(self, train: "TrainParams") -> int:
+        """The iterations this model trains for: its own budget when set, else the suite's."""
+        return self.iterations or train.iterations
 
 
 @dataclass

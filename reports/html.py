@@ -148,6 +148,7 @@ def render_page(inp: Inputs, tables: list[tabs.Table], figures: dict[str, Path],
             inline(tabs.data_description(inp)),
             f"Evaluation cap: {ev.max_images or 'all'} images per domain of each evaluation set; each table states "
             "its N, seeds and feature space.",
+            *[inline(line) for line in tabs.budget_notes(inp)],
             *[inline(line) for line in tabs.fid_notes(inp)[:-1]],
             "Written by <code>cxrbench report</code> from the metric files under <code>metrics/</code>. Rows with a "
             "blue background are floors (Original / Identity: do nothing; Blur), green ones the ceiling (Oracle: "

@@ -98,7 +98,7 @@ def summary_params(inp: Inputs, model: str, seed: int | None) -> dict[str, Any]:
                            "resolution": inp.params.data.resolution}
     if model in inp.params.models:
         out["method"] = inp.params.models[model].method
-        out["iterations"] = inp.params.train.iterations
+        out["iterations"] = inp.params.models[model].train_iterations(inp.params.train)
         out["cfg"] = to_plain(inp.params.method_config(model))
     else:
         out["method"] = model  # the Original row and the reference rows have no trained network

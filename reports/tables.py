@@ -195,7 +195,18 @@ def data_description(inp: Inputs) -> str:
 
 def common_notes(inp: Inputs) -> list[str]:
     return [f"Profile `{inp.profile}`; seeds {inp.seeds()} (one trained model per seed; \"± s\" = sample std over "
-            "seeds, shown only with two or more seeds).", data_description(inp)]
+            "seeds, shown only with two or more seeds).", data_description(inp)] + budget_notes(inp)
+
+
+def budget_notes(inp: Inputs) -> list[str]:
+    """One warning line when some model trains for its own number of iterations (models.<name>.iterations): its
+    rows are then not an equal-budget comparison with the others."""
+    own = {name: e.iterations for name, e in inp.params.models.items() if e.iterations}
+    if not own:
+        return []
+    listed = ", ".join(f"`{name}` {n:,}" for name, n in own.items())
+    return [f"**Unequal training budgets**: {listed} iterations, every other model {inp.params.train.iterations:,} "
+            "(train.iterations): those rows show what the method does with more steps, not an equal-budget ranking."]
 
 
 def fid_notes(inp: Inputs) -> list[str]:
@@ -986,7 +997,8 @@ def table_training(inp: Inputs) -> Table:
     cols = [Column("model", "Model"), Column("method", "Method"), Column("seed", "Seed"),
             Column("steps", "Steps", "int"), Column("wall_s", "Wall (s)", "count"),
             Column("parameters", "Parameters", "int"), Column("status", "Status")]
-    notes = common_notes(inp) + [f"Training iterations: {inp.params.train.iterations}; final losses (mean of the "
+    notes = common_notes(inp) + [f"Training iterations: {inp.params.train.iterations} (the Steps column holds each "
+                                 "model's own); final losses (mean of the "
                                  "last logged window) per model are in the CSV (loss_* columns); curves: "
                                  "figures/training_curves.png and curves/<model>/seed<k>.csv."]
     return Table("training", "Training summary", notes, cols, rows,

@@ -148,11 +148,12 @@ def test_exclude_models_drops_a_base_model_and_refuses_an_unknown_name(monkeypat
 
     for variant in ("ours_mil", "ours_mil_res"):
         assert variant in resolve_profile("gpu-quick")["models"] and variant not in resolve_profile("cpu")["models"]
-        assert variant in resolve_profile("cpu-rank")["models"]
-    # ours_mil_res keeps the official discriminator width where cpu-rank shrinks the method's (ours/README item 13)
+    # cpu-rank runs the variant that localises (ours_mil_res), with its own 1,200-step budget (ours/README item 14)
+    assert "ours_mil_res" in resolve_profile("cpu-rank")["models"]
     rank = build_dataclass(Params, resolve_profile("cpu-rank"), "cpu-rank")
-    assert rank.method_config("ours").dis_dim == 16 and rank.method_config("ours_mil").dis_dim == 16
-    assert rank.method_config("ours_mil_res").dis_dim == 64
+    assert rank.models["ours_mil_res"].train_iterations(rank.train) == 2 * rank.train.iterations
+    # ours_mil_res keeps the official discriminator width where cpu-rank shrinks the method's (ours/README item 13)
+    assert rank.method_config("ours").dis_dim == 16 and rank.method_config("ours_mil_res").dis_dim == 64
     (tmp_path / "base.yaml").write_text((config.PROFILES_DIR / "base.yaml").read_text())
     (tmp_path / "cpu.yaml").write_text("exclude_models: [ours_none, ours_typo]\n")
     monkeypatch.setattr(config, "PROFILES_DIR", tmp_path)
@@ -170,3 +171,32 @@ def test_oracle_reference_is_refused_without_twins():
         build_dataclass(Params, values, "params.yaml")
     values["eval"]["references"] = ["identity", "blur"]
     assert build_dataclass(Params, values, "params.yaml").eval.references == ["identity", "blur"]
+
+
+def test_a_models_own_iteration_budget_trains_that_many_steps_and_is_flagged_in_the_tables(tmp_path):
+    """models.<name>.iterations replaces train.iterations for that model alone (engine, summary, resume fingerprint),
+    and every table note says the budgets are unequal; 0 keeps the suite's budget, a negative value is refused."""
+    from helpers_data import write_tiny_dataset
+
+    from pipeline.app.train import run_train
+    from reports.tables import Inputs, common_notes
+
+    path = write_profile("ci", tmp_path / "params.yaml")
+    data = yaml.safe_load(path.read_text())
+    data["models"]["cyclegan"]["iterations"] = -1
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"models.cyclegan.iterations: must be >= 0"):
+        load_params(path)
+    data["models"]["cyclegan"]["iterations"] = 7  # the ci profile trains 4
+    path.write_text(yaml.safe_dump(data))
+    params = load_params(path)
+    params.tracking.enabled = False
+    params.seeds = [0]
+    assert params.train.iterations == 4 and params.models["ours"].train_iterations(params.train) == 4
+    write_tiny_dataset(tmp_path)
+    summary = run_train(params, "cyclegan", root=tmp_path)
+    assert summary["iterations"] == 7 and summary["seeds"]["0"]["steps"] == 7
+    note = [n for n in common_notes(Inputs(params, tmp_path)) if "Unequal training budgets" in n]
+    assert len(note) == 1 and "`cyclegan` 7 iterations" in note[0] and "every other model 4" in note[0]
+    params.models["cyclegan"].iterations = 0
+    assert not [n for n in common_notes(Inputs(params, tmp_path)) if "Unequal" in n]

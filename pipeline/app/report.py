@@ -102,6 +102,7 @@ def write_index(inp: Inputs, reports: Path, tables: list[tabs.Table], figures: d
              f"- {tabs.data_description(inp)}",
              f"- Evaluation cap: {ev.max_images or 'all'} images per domain of each evaluation set "
              "(`eval.max_images`); N of each table is stated in it.",
+             *[f"- {line}" for line in tabs.budget_notes(inp)],
              *[f"- {line}" for line in tabs.fid_notes(inp)[:-1]],
              "- Every table shows this run's numbers and, in a second block, the paper's published numbers. The data "
              "differ from the paper's (unless real datasets were plugged in), so the numbers are not expected to "

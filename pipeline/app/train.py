@@ -21,9 +21,13 @@ from pipeline.layout import (TRAIN_DATASET, Layout, build_translator, file_hash,
 from pipeline.schema import result_values
 
 
-def engine_settings(params: Params, progress: bool = True) -> EngineSettings:
-    """The validated train parameters, as they are, plus whether to draw a progress bar."""
-    return EngineSettings(**dataclasses.asdict(params.train), progress=progress)
+def engine_settings(params: Params, progress: bool = True, model: str | None = None) -> EngineSettings:
+    """The validated train parameters plus whether to draw a progress bar; with `model`, that model's own
+    iteration budget (models.<name>.iterations) replaces train.iterations."""
+    settings = EngineSettings(**dataclasses.asdict(params.train), progress=progress)
+    if model is not None:
+        settings.iterations = params.models[model].train_iterations(params.train)
+    return settings
 
 
 def load_training_images(root: Path):
@@ -60,13 +64,15 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
     probe = load_probe(layout.root, params.data.resolution)
     code_hash = source_hash(registry.package_dir(entry.method), Path(__file__).resolve().parents[1] / "engine.py")
     main = distributed.is_main_process()  # under torchrun: rank 0 alone logs and writes files
-    summary = {"model": model, "method": entry.method, "iterations": params.train.iterations,
+    iterations = entry.train_iterations(params.train)
+    summary = {"model": model, "method": entry.method, "iterations": iterations,
                "world_size": distributed.world_size(), "seeds": {}}
     for seed in seeds if seeds is not None else params.seeds:
         seed_everything(seed, params.train.deterministic)
         translator = build_translator(params, model)
         # only settings that change the trained weights (schema `result=True`): changing the others resumes
-        fp = {"cfg": to_plain(cfg), "train": result_values(params.train), "resolution": params.data.resolution,
+        fp = {"cfg": to_plain(cfg), "train": {**result_values(params.train), "iterations": iterations},
+              "resolution": params.data.resolution,
               "data": data_hash, "code": code_hash}
         with tracking.stage_run("train", model=model, seed=seed, profile=params.profile,
                                 params={"method": entry.method, "cfg": to_plain(cfg), "train": to_plain(params.train),
@@ -74,7 +80,7 @@ def run_train(params: Params, model: str, root: Path | None = None, seeds: list[
                                 enabled=params.tracking.enabled and main, experiment=params.tracking.experiment,
                                 uri=params.tracking.uri,
                                 extra_tags={"world_size": distributed.world_size()}) as run:
-            engine = Engine(translator, engine_settings(params), layout.checkpoints(model, seed), seed,
+            engine = Engine(translator, engine_settings(params, model=model), layout.checkpoints(model, seed), seed,
                             curve_path=layout.curve(model, seed), tracker=run, fingerprint_data=fp,
                             label=f"{model}/seed{seed}", probe=probe)
             if on_engine is not None:
