@@ -7,7 +7,8 @@ its translation y = G(x) with activation mask m (all intensities scaled to [0, 1
 - change outside the findings: mean |y - x| outside O (anatomy that should be left alone);
 - activation-mask AUROC of m against O (pixels of all opacity images pooled) and the best IoU of {m >= level} over
   every 8-bit level;
-and for each normal image z: mean |G(z) - z| (a translator should leave normals alone) and the mean mask value.
+and for each normal image z: mean |G(z) - z| (a translator should leave normals alone) and the mean mask value
+(per image, so that the mask's area on normals over that on opacity images, Eq. 4's target, gets an interval).
 
 PSNR = 10 log10(1 / MSE) per image (data range 1), averaged over images (identical images: infinite, left out and
 counted). SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, over the
@@ -273,6 +274,7 @@ def paired_opacity_metrics(originals: np.ndarray, twins: np.ndarray, lungs: np.n
         out["mask_auroc"] = auroc_from_levels(pos, neg)
         out["mask_best_iou"] = iou
         out["mean_mask"] = float(to_unit(masks).mean())  # the mask's area on opacity images (vs normals: Eq. 4)
+        per_image["mean_mask"] = _list(to_unit(masks).reshape(len(masks), -1).mean(1))
         out["mask_best_threshold"] = None if level is None else level / 255.0
     return out
 
@@ -285,6 +287,8 @@ def normal_change_metrics(originals: np.ndarray, translated: np.ndarray,
     p = psnr(y, z)
     out = {"n": int(len(z)), "mean_abs_change": _mean(diff), "psnr_vs_input": _mean(p),
            "psnr_identical": int(np.isinf(p).sum())}
+    out["per_image"] = {"mean_abs_change": _list(diff)}
     if masks is not None:
         out["mean_mask"] = float(to_unit(masks).mean())
+        out["per_image"]["mean_mask"] = _list(to_unit(masks).reshape(len(masks), -1).mean(1))
     return out

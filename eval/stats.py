@@ -168,6 +168,44 @@ def bootstrap_ci(values: Any, n_boot: int = N_BOOT, level: float = LEVEL, seed: 
     return out
 
 
+def ratio_of_means_ci(numerator: Any, denominator: Any, n_boot: int = N_BOOT, level: float = LEVEL,
+                      seed: int = 0) -> dict[str, Any]:
+    """mean(numerator) / mean(denominator) with a percentile bootstrap interval, for two disjoint image sets scored by
+    the same models (e.g. the mean mask on normals over that on opacity images: Eq. 4 wants it at most a quarter).
+
+    `numerator`: (Nn,) or (S, Nn), `denominator`: (Nd,) or (S, Nd), row s = seed s of the same model. Each replicate
+    draws S seeds with replacement (the same draw for both sets: a seed is one model) and, independently, Nn and Nd
+    images; non-finite values are left out. Returns {"value", "lo", "hi", "n_numerator", "n_denominator", "seeds",
+    "level", "n_boot", "method"}; value is None when the denominator's mean is not positive, lo/hi None with fewer
+    than 2 finite images on either side."""
+    a = np.atleast_2d(np.asarray(numerator, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(denominator, dtype=np.float64))
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"ratio_of_means_ci: {a.shape[0]} seeds in the numerator, {b.shape[0]} in the denominator")
+    s = a.shape[0]
+    a, b = np.where(np.isfinite(a), a, np.nan), np.where(np.isfinite(b), b, np.nan)
+    na, nb = int(np.isfinite(a).any(axis=0).sum()), int(np.isfinite(b).any(axis=0).sum())
+    out: dict[str, Any] = {"value": None, "lo": None, "hi": None, "n_numerator": na, "n_denominator": nb,
+                           "seeds": int(s), "level": level, "n_boot": n_boot,
+                           "method": "percentile bootstrap of the ratio of means over images (each set drawn "
+                                     "independently)" + (" and seeds (one draw for both sets)" if s > 1 else "")}
+    if na == 0 or nb == 0 or not np.nanmean(b) > 0:
+        return out
+    out["value"] = float(np.nanmean(a) / np.nanmean(b))
+    if na < 2 or nb < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, s, s) if s > 1 else np.zeros(1, np.int64)
+        den = np.nanmean(b[np.ix_(rows, rng.integers(0, b.shape[1], b.shape[1]))])
+        num = np.nanmean(a[np.ix_(rows, rng.integers(0, a.shape[1], a.shape[1]))])
+        stats[i] = num / den if den > 0 else np.nan
+    alpha = (1 - level) / 2
+    out["lo"], out["hi"] = (float(x) for x in np.nanquantile(stats, [alpha, 1 - alpha]))
+    return out
+
+
 def paired_difference(method: Any, reference: Any, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
     """Per-image paired comparison of a metric: mean difference (method - reference) with its bootstrap interval,
     and the exact Wilcoxon test on the seed-averaged per-image values. (N,) or (S, N) for `method`; (N,) or (S, N)

@@ -68,7 +68,7 @@ def summary_metrics(inp: Inputs, model: str, seed: int | None) -> dict[str, floa
             _put(m, f"paired_{s}_{k}", dig(quality, k))
         for k in ("residual_opacity_before", "residual_opacity_after", "residual_opacity_ratio",
                   "opacity_excess_before", "opacity_excess_ratio", "anatomy_corr_before", "anatomy_corr",
-                  "change_outside_opacity", "mask_auroc", "mask_auroc_lung", "mask_best_iou"):
+                  "change_outside_opacity", "mask_auroc", "mask_auroc_lung", "mask_best_iou", "mean_mask"):
             _put(m, f"paired_{s}_{k}", dig(res, k))
         if model == ORIGINAL:  # the mask AUROC floor (no image seen): what a mask must beat
             for region, v in (entry.get("mask_floor") or {}).items():
@@ -76,6 +76,8 @@ def summary_metrics(inp: Inputs, model: str, seed: int | None) -> dict[str, floa
         normal = dig(entry, "normal", "per_seed", key)
         for k in ("mean_abs_change", "psnr_vs_input", "mean_mask"):
             _put(m, f"paired_{s}_normal_{k}", dig(normal, k))
+        if dig(normal, "mean_mask") is not None and dig(res, "mean_mask"):  # Eq. 4 wants at most a quarter
+            _put(m, f"paired_{s}_mask_normal_to_opacity", dig(normal, "mean_mask") / dig(res, "mean_mask"))
     cls = inp.read("classifiers", model)
     if model == ORIGINAL:
         for arch, tests in (dig(cls, "results") or {}).items():

@@ -576,6 +576,12 @@ def mechanism_cells(inp: Inputs, model: str, eval_set: str = "rsna_like") -> dic
     for col in ("residual_opacity_ratio", "opacity_excess_ratio", "anatomy_corr", "change_outside_opacity"):
         ci = dig(entry, "opacity", "ci95", col) or {}
         out[f"{col}_lo"], out[f"{col}_hi"] = ci.get("lo"), ci.get("hi")
+    for col, key in (("mask_opacity", "opacity"), ("mask_normal", "normal")):
+        ci = dig(entry, "mask_area", key) or {}
+        out[f"{col}_lo"], out[f"{col}_hi"] = ci.get("lo"), ci.get("hi")
+    ratio = dig(entry, "mask_area", "normal_to_opacity") or {}
+    if ratio.get("value") is not None:
+        out["mask_ratio"], out["mask_ratio_lo"], out["mask_ratio_hi"] = ratio["value"], ratio["lo"], ratio["hi"]
     out.update(localisation_cells(entry))
     return out
 
@@ -642,6 +648,7 @@ def table3(inp: Inputs) -> Table:
              Column("beyond_position", "Beyond position", "check"),
              Column("mask_opacity", "Mask area, opacity images", "unit", std=True),
              Column("mask_normal", "Mask area, normals ↓", "unit", std=True),
+             Column("mask_ratio", "Mask area normals / opacity ↓ (Eq. 4: ≤ 0.25)", "ratio"),
              Column("residual_opacity_ratio", "Residual opacity after/before ↓", "ratio", std=True),
              Column("opacity_excess_ratio", "Brightness left (signed) →0", "ratio", std=True),
              Column("anatomy_corr", "Anatomy kept (r with twin) ↑", "unit", std=True),
@@ -685,7 +692,8 @@ def table3(inp: Inputs) -> Table:
         "minimisation loss.",
         "Mechanism columns (DRR benchmark, rsna_like, beyond the paper): does the mask find the opacity (AUROC of "
         "the G_A mask against the true opacity mask, pixels pooled), is it off on normals (mean mask; Eq. 4 wants "
-        "it at most a quarter of the mean mask on opacity images), is the opacity removed (residual after/before, "
+        "it at most a quarter of the mean mask on opacity images: the ratio column, its interval from resampling "
+        "the opacity images and the normals independently, and the seeds), is the opacity removed (residual after/before, "
         "1 = untouched; split into the brightness left, signed, 0 = the twin's level, and the anatomy kept under the "
         "opacity, r of the output with the twin there) and the anatomy kept elsewhere (mean |y - x| outside the "
         "opacity).", FLOOR_NOTE,

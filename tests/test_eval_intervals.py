@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from eval.references import gaussian_blur
-from eval.stats import bootstrap_ci, paired_difference
+from eval.stats import bootstrap_ci, paired_difference, ratio_of_means_ci
 
 
 def test_bootstrap_interval_covers_the_true_mean_at_nominal_rate():
@@ -31,6 +31,42 @@ def test_two_stage_bootstrap_over_seeds_is_wider_than_over_images_alone():
 
 def test_bootstrap_says_when_there_is_no_interval():
     assert bootstrap_ci([1.0])["lo"] is None and bootstrap_ci([np.nan, np.nan])["mean"] is None
+
+
+def test_ratio_of_means_interval_matches_the_delta_method_and_covers_the_truth():
+    """Independent check: for large samples the percentile bootstrap of mean(a) / mean(b) agrees with the delta
+    method on the log scale, r exp(+-1.96 sqrt(var_a / (n_a mu_a^2) + var_b / (n_b mu_b^2))) (a ratio's sampling
+    distribution is right-skewed; on the log scale it is close to normal); and over repeated draws it covers the
+    true ratio of means at about the nominal rate."""
+    rng = np.random.default_rng(3)
+    a, b = rng.gamma(2.0, 0.05, 400), rng.gamma(4.0, 0.06, 300)  # mask means on normals / on opacity images
+    ci = ratio_of_means_ci(a, b, n_boot=4000, seed=1)
+    r = a.mean() / b.mean()
+    se_log = np.sqrt(a.var(ddof=1) / (len(a) * a.mean() ** 2) + b.var(ddof=1) / (len(b) * b.mean() ** 2))
+    tol = 0.1 * r * se_log  # a tenth of the interval's half-width
+    assert ci["value"] == pytest.approx(r) and ci["n_numerator"] == 400 and ci["n_denominator"] == 300
+    assert ci["lo"] == pytest.approx(r * np.exp(-1.96 * se_log), abs=tol)
+    assert ci["hi"] == pytest.approx(r * np.exp(1.96 * se_log), abs=tol)
+    truth, hits, reps = (2.0 * 0.05) / (4.0 * 0.06), 0, 150
+    for k in range(reps):
+        x, y = rng.gamma(2.0, 0.05, 60), rng.gamma(4.0, 0.06, 40)
+        c = ratio_of_means_ci(x, y, n_boot=400, seed=k)
+        hits += c["lo"] <= truth <= c["hi"]
+    assert 0.88 <= hits / reps <= 0.99
+
+
+def test_ratio_of_means_draws_the_same_seed_for_both_sets():
+    """Two seeds (models) that disagree: seed 0's mask is large everywhere, seed 1's small everywhere, with the same
+    ratio 0.25. Drawing one seed for both sets keeps every replicate's ratio at 0.25; drawing them apart would not."""
+    rng = np.random.default_rng(4)
+    nor = np.stack([np.full(50, 0.2), np.full(50, 0.02)]) + rng.normal(0, 1e-4, (2, 50))
+    opa = np.stack([np.full(40, 0.8), np.full(40, 0.08)]) + rng.normal(0, 1e-4, (2, 40))
+    ci = ratio_of_means_ci(nor, opa, n_boot=500)
+    assert ci["seeds"] == 2 and ci["hi"] - ci["lo"] < 0.01 and ci["lo"] < 0.25 < ci["hi"]
+    assert ratio_of_means_ci([0.1, 0.2], [0.0, 0.0])["value"] is None  # no mask on opacity images: no ratio
+    assert ratio_of_means_ci([0.1], [0.2, 0.3])["lo"] is None
+    with pytest.raises(ValueError, match="seeds"):
+        ratio_of_means_ci(nor, opa[:1])
 
 
 def test_paired_difference_detects_a_shift_and_not_noise():

@@ -146,8 +146,16 @@ def test_paired_stage(project):
     assert seed0["residual_opacity_ratio"] < 0.2  # the fake translation returns the clean twin (+ noise)
     assert seed0["after"]["psnr"] > seed0["before"]["psnr"]
     assert res["sets"]["rsna_like"]["normal"]["per_seed"]["0"]["n"] == 3
+    # the mask's area per image, so that normals / opacity images (Eq. 4) gets an interval
+    nseed0 = res["sets"]["rsna_like"]["normal"]["per_seed"]["0"]
+    assert np.mean(seed0["per_image"]["mean_mask"]) == pytest.approx(seed0["mean_mask"])
+    assert len(nseed0["per_image"]["mean_mask"]) == 3
+    area = res["sets"]["rsna_like"]["mask_area"]
+    assert area["normal_to_opacity"]["value"] == pytest.approx(nseed0["mean_mask"] / seed0["mean_mask"])
+    assert area["opacity"]["mean"] == pytest.approx(seed0["mean_mask"])
     nomask = stages.run_paired(params, "nomask", root=project)
     assert "mask_auroc" not in nomask["sets"]["rsna_like"]["opacity"]["per_seed"]["0"]
+    assert "mask_area" not in nomask["sets"]["rsna_like"]
     original = stages.run_paired(params, "original", root=project)
     assert original["sets"]["rsna_like"]["opacity"]["before"] == seed0["before"]
 

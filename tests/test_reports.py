@@ -385,6 +385,12 @@ def test_table3_and_supplementary_tables(project):
         assert num(r["mask_auroc"]) == pytest.approx(np.mean([opa[str(k)]["mask_auroc"] for k in SEEDS]))
         assert num(r["mask_opacity"]) == pytest.approx(np.mean([opa[str(k)]["mean_mask"] for k in SEEDS]), abs=1e-6)
         assert num(r["mask_normal"]) == pytest.approx(np.mean([nor[str(k)]["mean_mask"] for k in SEEDS]), abs=1e-6)
+        # Eq. 4's target as its own column: normals / opacity images, with the interval the paired stage computed
+        area = sets["mask_area"]
+        assert num(r["mask_ratio"]) == pytest.approx(num(r["mask_normal"]) / num(r["mask_opacity"]), rel=1e-4)
+        assert num(r["mask_ratio_lo"]) == pytest.approx(area["normal_to_opacity"]["lo"])
+        assert num(r["mask_ratio_lo"]) < num(r["mask_ratio"]) < num(r["mask_ratio_hi"])
+        assert num(r["mask_normal_lo"]) == pytest.approx(area["normal"]["lo"]) and area["normal"]["seeds"] == len(SEEDS)
         assert num(r["residual_opacity_ratio"]) == pytest.approx(
             np.mean([opa[str(k)]["residual_opacity_ratio"] for k in SEEDS]))
         for k in ("opacity_excess_ratio", "anatomy_corr"):  # the residual's two parts, mean over seeds
@@ -861,3 +867,7 @@ def test_mlflow_summary_has_the_floor_rows_beside_the_methods(project, tmp_path)
     assert run.data.metrics["paired_rsna_like_opacity_excess_ratio"] == pytest.approx(1.0)
     assert run.data.metrics["paired_rsna_like_anatomy_corr"] == pytest.approx(
         original.data.metrics["paired_rsna_like_anatomy_corr_before"])
+    # Eq. 4's target per run: the mask on normals over the mask on opacity images (ours has masks, Identity none)
+    om, nm = (ours.data.metrics[f"paired_rsna_like_{k}"] for k in ("mean_mask", "normal_mean_mask"))
+    assert ours.data.metrics["paired_rsna_like_mask_normal_to_opacity"] == pytest.approx(nm / om)
+    assert "paired_rsna_like_mask_normal_to_opacity" not in run.data.metrics

@@ -37,7 +37,8 @@ from eval import detection
 from eval.references import REFERENCE_SEED, REFERENCES, blur_sigma_at, gaussian_blur
 from eval.sets import (ORIGINAL, EvalError, Translations, available_sets, cap_rows, eval_rows, is_external,
                        load_mask, load_original, pick_device, read_pngs, scored_rows, train_rows)
-from eval.stats import auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, wilcoxon_paired
+from eval.stats import (auroc, average_over_seeds, bootstrap_ci, mean_std, paired_difference, ratio_of_means_ci,
+                        wilcoxon_paired)
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data import canonical
@@ -617,6 +618,17 @@ def _paired_intervals(per_seed: dict[str, Any], ev) -> tuple[dict[str, Any], dic
     return ci, vs
 
 
+def _mask_area_intervals(seeds: list[str], per_seed: dict[str, Any], normal_seed: dict[str, Any],
+                         ev) -> dict[str, Any]:
+    """The mask's mean on opacity images and on normals, and normals / opacity (Eq. 4 wants at most a quarter), each
+    with its 95 % interval over images and seeds (the opacity and normal images drawn independently)."""
+    m_opa = np.stack([_arr(per_seed[s]["per_image"]["mean_mask"]) for s in seeds])
+    m_nor = np.stack([_arr(normal_seed[s]["per_image"]["mean_mask"]) for s in seeds])
+    return {"opacity": bootstrap_ci(m_opa, ev.n_boot, seed=ev.seed),
+            "normal": bootstrap_ci(m_nor, ev.n_boot, seed=ev.seed),
+            "normal_to_opacity": ratio_of_means_ci(m_nor, m_opa, ev.n_boot, seed=ev.seed)}
+
+
 def _per_finding(opa, per_seed: dict[str, Any], ev) -> dict[str, Any]:
     """Residual-opacity ratio (after / before, inside the true opacity) per finding label, over images and seeds."""
     ratio = np.stack([_arr(r["per_image"]["residual_opacity_ratio"]) for r in per_seed.values()])
@@ -688,6 +700,8 @@ def run_paired(params: Params, model: str, root: Path | None = None) -> dict[str
                 entry["normal"] = {"per_seed": normal_seed,
                                    "avg": average_over_seeds(normal_seed, ("mean_abs_change", "psnr_vs_input",
                                                                            "mean_mask"))}
+            if seed_masks and len(nor):
+                entry["mask_area"] = _mask_area_intervals([s for s, _ in seed_masks], per_seed, normal_seed, ev)
         result["sets"][eval_set] = entry
     return _finish(params, layout, "paired", model, result)
 
