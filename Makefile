@@ -34,7 +34,7 @@ repro: install
 	$(BIN)/cxrbench check
 	$(BIN)/dvc repro
 
-# The first ranking that means something (about 70-90 min on 2 cores): the cpu-rank profile, timed per stage,
+# The first ranking that means something (measured 110 min on 2 cores, 2026-12-05): the cpu-rank profile, timed per stage,
 # then its report copied to reports/published/cpu-rank/ with command, commit and wall times.
 publish-cpu-rank: install
 	$(BIN)/cxrbench profile cpu-rank
