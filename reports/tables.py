@@ -693,8 +693,8 @@ def table3(inp: Inputs) -> Table:
         "Mechanism columns (DRR benchmark, rsna_like, beyond the paper): does the mask find the opacity (AUROC of "
         "the G_A mask against the true opacity mask, pixels pooled), is it off on normals (mean mask; Eq. 4 wants "
         "it at most a quarter of the mean mask on opacity images: the ratio column, its interval from resampling "
-        "the opacity images and the normals independently, and the seeds), is the opacity removed (residual after/before, "
-        "1 = untouched; split into the brightness left, signed, 0 = the twin's level, and the anatomy kept under the "
+        "the opacity images and the normals independently, and the seeds), is the opacity removed (residual "
+        "after/before, 1 = untouched; split into the brightness left, signed, 0 = the twin's level, and the anatomy kept under the "
         "opacity, r of the output with the twin there) and the anatomy kept elsewhere (mean |y - x| outside the "
         "opacity).", FLOOR_NOTE,
         prior_localisation_note(inp)]
