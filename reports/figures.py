@@ -253,56 +253,72 @@ def figure4(inp: Inputs, out: Path) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 # Figure 5: images, activation masks, translations
 # --------------------------------------------------------------------------------------------------------------------
+FIGURE5_VARIANTS = 2  # named variants of ours shown beside the main method (each adds a mask and a result column)
+
+
+def figure5_models(inp: Inputs) -> list[str]:
+    """The method of Figure 5 (pick_method), then up to FIGURE5_VARIANTS named variants of ours in this profile whose
+    translations have masks (e.g. ours_mil_res), in params.yaml order: the paper's figure beside what localises."""
+    main = pick_method(inp)
+    variants = []
+    for m, entry in inp.params.models.items():
+        if entry.method == "ours" and m != main and m not in {r[0] for r in paper.TABLE3_ROWS}:
+            t, _ = translations(inp, m)
+            if t is not None and t.has_masks():
+                variants.append(m)
+    return [main] + variants[:FIGURE5_VARIANTS]
+
+
 def figure5(inp: Inputs, out: Path) -> Path:
     plt = _plt()
     ds, rows = examples(inp)
-    model = pick_method(inp)
-    t, t_why = translations(inp, model)
+    models = figure5_models(inp)
     with plt.rc_context(STYLE):
         if ds is None:
             fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
             _note(ax, f"Figure 5 skipped: {rows}", 60)
         else:
-            n = len(rows)
-            # a narrow grid column between the masks and the translations holds the mask colour bar, so that the
-            # three image columns stay aligned
-            fig, grid = plt.subplots(n, 4, figsize=(6.0, 1.8 * n + 0.9), squeeze=False, layout="constrained",
-                                     width_ratios=[1, 1, 0.06, 1])
-            for a in grid[:, 2]:
+            n, k = len(rows), len(models)
+            # columns: the input, then a mask and a result per model, then a narrow column for the mask colour bar
+            fig, grid = plt.subplots(n, 2 + 2 * k, figsize=(1.5 + 3.0 * k + 0.3, 1.8 * n + 0.9), squeeze=False,
+                                     layout="constrained", width_ratios=[1] + [1, 1] * k + [0.06])
+            for a in grid[:, -1]:
                 a.remove()
-            cax = fig.add_subplot(grid[0, 0].get_gridspec()[:, 2])
-            axes = grid[:, [0, 1, 3]]
-            has_masks = t is not None and t.has_masks()
+            cax = fig.add_subplot(grid[0, 0].get_gridspec()[:, -1])
             mappable = None
             for i, r in rows.iterrows():
-                _row_label(axes[i, 0], "abcdefgh"[i], r["id"])
-                _image(axes[i, 0], _read_png(ds / r["image"]))
-                if t is None:
-                    _note(axes[i, 1], t_why)
-                    _note(axes[i, 2], t_why)
-                    continue
-                if has_masks:
-                    mask, why = _translated(t, "rsna_like", r["id"], "mask")
-                    if mask is None:
-                        _note(axes[i, 1], why)
+                _row_label(grid[i, 0], "abcdefgh"[i], r["id"])
+                _image(grid[i, 0], _read_png(ds / r["image"]))
+                rel = str(r.get("opacity_mask") or "")
+                truth = _read_png(ds / rel) > 127 if rel and (ds / rel).is_file() else None
+                for j, model in enumerate(models):
+                    ax_mask, ax_img = grid[i, 1 + 2 * j], grid[i, 2 + 2 * j]
+                    t, t_why = translations(inp, model)
+                    if t is None:
+                        _note(ax_mask, t_why)
+                        _note(ax_img, t_why)
+                        continue
+                    if t.has_masks():
+                        mask, why = _translated(t, "rsna_like", r["id"], "mask")
+                        if mask is None:
+                            _note(ax_mask, why)
+                        else:
+                            mappable = _image(ax_mask, mask / 255.0, cmap="magma", vmin=0, vmax=1)
+                            if truth is not None and truth.any():
+                                ax_mask.contour(truth.astype(float), levels=[0.5], colors="#00e5ff", linewidths=0.8)
                     else:
-                        mappable = _image(axes[i, 1], mask / 255.0, cmap="magma", vmin=0, vmax=1)
-                        rel = str(r.get("opacity_mask") or "")
-                        if rel and (ds / rel).is_file():
-                            truth = _read_png(ds / rel) > 127
-                            if truth.any():
-                                axes[i, 1].contour(truth.astype(float), levels=[0.5], colors="#00e5ff",
-                                                   linewidths=0.8)
-                else:
-                    _note(axes[i, 1], f"{display_name(inp, model)} has no activation masks")
-                img, why = _translated(t, "rsna_like", r["id"])
-                if img is None:
-                    _note(axes[i, 2], why)
-                else:
-                    _image(axes[i, 2], img)
-            for j, h in enumerate(("CXR before translation", f"Activation mask ({display_name(inp, model)})",
-                                   "CXR after translation")):
-                axes[0, j].set_title(h)
+                        _note(ax_mask, f"{display_name(inp, model)} has no activation masks")
+                    img, why = _translated(t, "rsna_like", r["id"])
+                    if img is None:
+                        _note(ax_img, why)
+                    else:
+                        _image(ax_img, img)
+            sep = " " if k == 1 else "\n"  # two-line titles where several models share the row
+            grid[0, 0].set_title(f"CXR before{sep}translation")
+            for j, model in enumerate(models):  # the main method by its display name, variants by their key
+                name = display_name(inp, model) if j == 0 else model
+                grid[0, 1 + 2 * j].set_title(f"Activation mask{sep}({name})")
+                grid[0, 2 + 2 * j].set_title("CXR after translation" if k == 1 else f"After{sep}({name})")
             if mappable is not None:
                 fig.colorbar(mappable, cax=cax, label="mask value (0 = keep input, 1 = generated)")
             else:

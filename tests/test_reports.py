@@ -558,6 +558,22 @@ def test_figures_are_nontrivial_pngs_and_indexed(project):
     assert "127.0.0.1:5000" in index and "tags.stage = 'summary'" in index
 
 
+def test_figure5_shows_the_named_variants_masks_beside_ours(project, tmp_path):
+    """Figure 5: ours, then the named variants of ours with masks (not the Table 3 ablation rows), each with a mask and
+    a result column; with the variant left out of the profile the figure is narrower (one model's columns)."""
+    from reports.figures import figure5, figure5_models
+    from reports.inputs import Inputs
+
+    root, _ = project
+    assert figure5_models(Inputs(make_params(), root)) == ["ours", "ours_mil"]
+    wide = Image.open(root / "reports" / "figures" / "figure5_masks.png").size
+    models = tuple(m for m in ALL_MODELS if m != "ours_mil")
+    narrow_inp = Inputs(make_params(models=models), root)
+    assert figure5_models(narrow_inp) == ["ours"]
+    narrow = Image.open(figure5(narrow_inp, tmp_path / "figure5_masks.png")).size
+    assert narrow[0] < 0.75 * wide[0] and narrow[1] == pytest.approx(wide[1], abs=40)
+
+
 def test_figure_examples_are_largest_opacity_first(project):
     """Figures 3-5 show the evaluated rsna_like opacity images with the largest true opacity (deterministic)."""
     from reports.figures import examples
