@@ -260,9 +260,10 @@ def figure5_models(inp: Inputs) -> list[str]:
     """The method of Figure 5 (pick_method), then up to FIGURE5_VARIANTS named variants of ours in this profile whose
     translations have masks (e.g. ours_mil_res), in params.yaml order: the paper's figure beside what localises."""
     main = pick_method(inp)
+    ablation_rows = {r[0] for r in paper.TABLE3_ROWS}
     variants = []
     for m, entry in inp.params.models.items():
-        if entry.method == "ours" and m != main and m not in {r[0] for r in paper.TABLE3_ROWS}:
+        if entry.method == "ours" and m != main and m not in ablation_rows:
             t, _ = translations(inp, m)
             if t is not None and t.has_masks():
                 variants.append(m)
@@ -285,6 +286,7 @@ def figure5(inp: Inputs, out: Path) -> Path:
             for a in grid[:, -1]:
                 a.remove()
             cax = fig.add_subplot(grid[0, 0].get_gridspec()[:, -1])
+            found = {m: translations(inp, m) for m in models}  # (Translations or None, why), read once per model
             mappable = None
             for i, r in rows.iterrows():
                 _row_label(grid[i, 0], "abcdefgh"[i], r["id"])
@@ -293,7 +295,7 @@ def figure5(inp: Inputs, out: Path) -> Path:
                 truth = _read_png(ds / rel) > 127 if rel and (ds / rel).is_file() else None
                 for j, model in enumerate(models):
                     ax_mask, ax_img = grid[i, 1 + 2 * j], grid[i, 2 + 2 * j]
-                    t, t_why = translations(inp, model)
+                    t, t_why = found[model]
                     if t is None:
                         _note(ax_mask, t_why)
                         _note(ax_img, t_why)
