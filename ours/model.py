@@ -56,7 +56,8 @@ class OursConfig:
     lambda_rec: float = param(1.0, min=0.0, source="paper", doc="Eq. 8")
     lambda_style: float = param(0.5, min=0.0, source="paper", doc="L_feature = lambda_style L_style + L_structural")
     acl_weight: float = param(0.2, min=0.0, source="official",
-                              doc="adversarial-consistency term inside L_adv (ACL-GAN gan_cw / gan_w = 0.2 / 1)")
+                              doc="adversarial-consistency term inside L_adv (ACL-GAN gan_cw / gan_w = 0.2 / 1); 0 = no pair "
+                                  "discriminator (README item 15)")
     # --- AASPM (Eq. 2-4) -------------------------------------------------------------------------------------------
     f_upper: float = param(0.75, source="paper", doc="Eq. 2")
     f_lower: float = param(0.0, min=0.0, max=1.0, source="official",
@@ -166,9 +167,10 @@ class Ours(Translator):
         self.gen_b = MaskGenerator(**gen)  # G_B: normal -> opacity
         self.dis_a = MultiScaleDiscriminator(in_channels, **dis)  # real vs generated opacity images
         self.dis_b = MultiScaleDiscriminator(in_channels, **dis)  # real vs generated normal images
-        self.dis_pair_a = MultiScaleDiscriminator(2 * in_channels, **dis)  # ACL pair D, pairs (x_a, .)
-        if cfg.symmetric:
-            self.dis_pair_b = MultiScaleDiscriminator(2 * in_channels, **dis)  # pairs (x_b, .)
+        if cfg.acl_weight > 0:  # at 0 the pair term weighs nothing: no pair D to build, run or step
+            self.dis_pair_a = MultiScaleDiscriminator(2 * in_channels, **dis)  # ACL pair D, pairs (x_a, .)
+            if cfg.symmetric:
+                self.dis_pair_b = MultiScaleDiscriminator(2 * in_channels, **dis)  # pairs (x_b, .)
         for name, module in self.named_children():
             if name.startswith("gen") and cfg.gen_init == "pytorch":
                 continue  # the layers keep the init they were constructed with
@@ -278,7 +280,8 @@ class Ours(Translator):
 
         Domain D_B: real normals vs fake_ab; D_A: real opacity images vs the intra-domain and cycle outputs
         (each x0.5); the pair D: (x_a, intra_aa) labelled 0 vs (x_a, cycle_aba) labelled 1. Mirrored from x_b.
-        The generators get the flipped targets (1 for every fake; 1 and 0 for the two pairs).
+        The generators get the flipped targets (1 for every fake; 1 and 0 for the two pairs). With acl_weight 0 there
+        is no pair D and the consistency term is 0.
         """
         sym = self.cfg.symmetric
         g = for_generator
@@ -294,10 +297,12 @@ class Ours(Translator):
         gan = gan + lsgan(sb[0], fake_label) + 0.5 * (lsgan(sa[0], fake_label) + lsgan(sa[1], fake_label))
         if sym:
             gan = gan + lsgan(sa[2], fake_label) + 0.5 * (lsgan(sb[1], fake_label) + lsgan(sb[2], fake_label))
-        pairs = [(self.dis_pair_a, real_a, o["intra_aa"], o["cycle_aba"])]
-        if sym:
-            pairs.append((self.dis_pair_b, real_b, o["intra_bb"], o["cycle_bab"]))
-        acl = 0.0
+        pairs = []
+        if self.cfg.acl_weight > 0:
+            pairs.append((self.dis_pair_a, real_a, o["intra_aa"], o["cycle_aba"]))
+            if sym:
+                pairs.append((self.dis_pair_b, real_b, o["intra_bb"], o["cycle_bab"]))
+        acl = real_a.new_zeros(())
         for dis, x, intra, cycle in pairs:
             if not g:
                 intra, cycle = intra.detach(), cycle.detach()

@@ -11,7 +11,7 @@ import yaml
 from scipy.stats import mannwhitneyu
 
 from ours import Ours
-from ours.losses import normalise_mask
+from ours.losses import l_total, normalise_mask
 from pipeline.config import METHOD_PROFILE, PROFILES
 from pipeline.offline import PROJECT_ROOT
 from pipeline.schema import ConfigError, build_dataclass
@@ -164,6 +164,35 @@ def test_resnet_generator_and_one_sided_variant_train(tmp_path):
         losses = model.train_step(*batch(), 0, ready(model))
         assert all(math.isfinite(v) for v in losses.values()), overrides
     assert not hasattr(build(symmetric=False), "dis_pair_b")
+
+
+def test_zero_consistency_weight_drops_the_pair_discriminators_and_changes_nothing_else():
+    """acl_weight 0 builds no pair D (README item 15); the generators' objective and gradients equal the full model's
+    with its pair term weighted 0, computed with the pair Ds present."""
+    full, bare = build(), build(acl_weight=0.0)
+    assert not any(hasattr(bare, n) for n in ("dis_pair_a", "dis_pair_b")) and hasattr(full, "dis_pair_b")
+    missing, unexpected = bare.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and all(k.startswith("dis_pair_") for k in unexpected)
+    a, b = batch()
+    totals, grads = [], []
+    for model, weight in ((full, 0.0), (bare, None)):
+        torch.manual_seed(5)
+        terms = model.generator_terms(a, b)
+        c = model.cfg
+        total = l_total(terms, c.lambda_penalties, c.lambda_bam, c.lambda_feature, c.lambda_classifier, c.lambda_adv,
+                        c.lambda_rec, c.lambda_style, c.acl_weight if weight is None else weight, c.lambda_mil,
+                        c.lambda_cycle)
+        model.zero_grad(set_to_none=True)
+        total.backward()
+        totals.append(float(total))
+        grads.append(torch.cat([p.grad.flatten() for p in model.gen_a.parameters() if p.grad is not None]))
+    assert float(full.generator_terms(a, b)["adv_acl"]) > 0  # the full model's pair term is not zero by itself
+    assert math.isclose(totals[0], totals[1], rel_tol=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-7)
+    bare.configure_optimizers(10)
+    n_dis = sum(p.numel() for p in bare.optimizers["dis"].param_groups[0]["params"])
+    assert n_dis == sum(p.numel() for d in (bare.dis_a, bare.dis_b) for p in d.parameters())
+    losses = bare.train_step(a, b, 0, ready(bare))
+    assert losses["adv_acl"] == 0 and losses["d_acl"] == 0 and math.isfinite(float(losses["total"]))
 
 
 def test_learning_rate_decays_every_40_percent_of_training():
