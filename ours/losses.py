@@ -81,19 +81,21 @@ def l_bam(masks: torch.Tensor, no_translation_needed: torch.Tensor, reduction: R
     return (_per_image(masks.float().abs(), reduction) * weight).mean()
 
 
-def l_mil(masks_translate: torch.Tensor, masks_keep: torch.Tensor, fraction: float = 0.2) -> torch.Tensor:
+def l_mil(masks_translate: torch.Tensor, masks_keep: torch.Tensor, fraction: float = 0.2,
+          fraction_keep: float = 0.0) -> torch.Tensor:
     """Not in the paper (a named variant, `lambda_mil`; ours/README.md "What we found", item 10): Eq. 4 read as
     multiple-instance learning. Eq. 4 asks the mask to stay off on images that need no translation; this term also
     asks it to be on *somewhere* on images that do, so the mask head becomes a classifier of where the domains
     differ: binary cross-entropy of each image's top-`fraction` mean mask value against 1 for the generator's usual
     inputs and 0 for images already in its output domain, averaged over both groups (each group's images averaged).
 
-    masks_translate, masks_keep: (N, 1, H, W) and (M, 1, H, W) in [0, 1]."""
-    def pooled(m: torch.Tensor) -> torch.Tensor:
+    masks_translate, masks_keep: (N, 1, H, W) and (M, 1, H, W) in [0, 1]. fraction_keep > 0 pools the images to keep
+    over their own top fraction (a smaller one aims at the mask's few confident pixels there; README item 15)."""
+    def pooled(m: torch.Tensor, f: float) -> torch.Tensor:
         flat = m.float().flatten(1)
-        return flat.topk(max(1, int(fraction * flat.shape[1])), dim=1).values.mean(1).clamp(1e-4, 1 - 1e-4)
+        return flat.topk(max(1, int(f * flat.shape[1])), dim=1).values.mean(1).clamp(1e-4, 1 - 1e-4)
 
-    on, off = pooled(masks_translate), pooled(masks_keep)
+    on, off = pooled(masks_translate, fraction), pooled(masks_keep, fraction_keep or fraction)
     return 0.5 * (F.binary_cross_entropy(on, torch.ones_like(on)) + F.binary_cross_entropy(off, torch.zeros_like(off)))
 
 

@@ -74,6 +74,9 @@ class OursConfig:
                                   "learning (ours/losses.py l_mil; README item 10)")
     mil_fraction: float = param(0.2, min=0.0, max=1.0, source="assumed",
                                 doc="L_mil: fraction of each mask's highest pixels whose mean is the image's score")
+    mil_fraction_keep: float = param(0.0, min=0.0, max=1.0, source="assumed",
+                                     doc="L_mil on the images to keep: their top fraction's mean is pushed to 0; "
+                                         "0 = mil_fraction (README item 15)")
     lambda_cycle: float = param(0.0, min=0.0, source="assumed",
                                 doc="not in the paper (0 = off): weight of CycleGAN's cycle L1 on the blended cycle, "
                                     "|cycle_aba - x_a| (+ mirrored), a pixel tie between a translation and its input "
@@ -330,9 +333,10 @@ class Ours(Translator):
             terms["bam"] = (self._bam(o["mask_ab"], o["mask_bb"][o["subset_b"]])
                             + self._bam(g_b_usual, o["mask_aa"][o["subset_a"]]))
         if cfg.lambda_mil > 0:  # not in the paper: G_A on opacity (on) vs normal (off) inputs, G_B mirrored
-            terms["mil"] = l_mil(o["mask_ab"], o["mask_bb"], cfg.mil_fraction)
+            terms["mil"] = l_mil(o["mask_ab"], o["mask_bb"], cfg.mil_fraction, cfg.mil_fraction_keep)
             if sym:
-                terms["mil"] = terms["mil"] + l_mil(o["mask_ba"], o["mask_aa"], cfg.mil_fraction)
+                terms["mil"] = terms["mil"] + l_mil(o["mask_ba"], o["mask_aa"], cfg.mil_fraction,
+                                                     cfg.mil_fraction_keep)
         if cfg.lambda_cycle > 0:  # not in the paper: CycleGAN's pixel tie, through the blended cycle (item 12)
             terms["cycle"] = F.l1_loss(o["cycle_aba"], real_a)
             if sym:

@@ -239,6 +239,10 @@ def test_mil_variant_by_hand():
     p_on, p_off = top(on), top(off)
     expected = 0.5 * (-np.log(p_on).mean() - np.log(1 - p_off).mean())
     assert l_mil(on, off, 0.2).item() == pytest.approx(expected, rel=1e-5)
+    # the images to keep pooled over their own top fraction: 0.05 of 64 pixels -> the 3 largest
+    p_off3 = np.sort(off.reshape(2, -1).double().numpy(), axis=1)[:, -3:].mean(1)
+    expected3 = 0.5 * (-np.log(p_on).mean() - np.log(1 - p_off3).mean())
+    assert l_mil(on, off, 0.2, 0.05).item() == pytest.approx(expected3, rel=1e-5) and expected3 > expected
     # it rewards a mask that is on somewhere in images to translate and off everywhere in images to keep
     ideal_on = torch.zeros(3, 1, 8, 8)
     ideal_on[:, :, :4, :4] = 1.0  # a quarter of the image: covers the top 20 %
