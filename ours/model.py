@@ -56,8 +56,8 @@ class OursConfig:
     lambda_rec: float = param(1.0, min=0.0, source="paper", doc="Eq. 8")
     lambda_style: float = param(0.5, min=0.0, source="paper", doc="L_feature = lambda_style L_style + L_structural")
     acl_weight: float = param(0.2, min=0.0, source="official",
-                              doc="adversarial-consistency term inside L_adv (ACL-GAN gan_cw / gan_w = 0.2 / 1); 0 = no pair "
-                                  "discriminator (README item 15)")
+                              doc="adversarial-consistency term inside L_adv (ACL-GAN gan_cw / gan_w = 0.2 / 1); "
+                                  "0 = no pair discriminator (README item 15)")
     # --- AASPM (Eq. 2-4) -------------------------------------------------------------------------------------------
     f_upper: float = param(0.75, source="paper", doc="Eq. 2")
     f_lower: float = param(0.0, min=0.0, max=1.0, source="official",
