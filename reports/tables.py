@@ -694,8 +694,8 @@ def table3(inp: Inputs) -> Table:
         "the G_A mask against the true opacity mask, pixels pooled), is it off on normals (mean mask; Eq. 4 wants "
         "it at most a quarter of the mean mask on opacity images: the ratio column, its interval from resampling "
         "the opacity images and the normals independently, and the seeds), is the opacity removed (residual "
-        "after/before, 1 = untouched; split into the brightness left, signed, 0 = the twin's level, and the anatomy kept under the "
-        "opacity, r of the output with the twin there) and the anatomy kept elsewhere (mean |y - x| outside the "
+        "after/before, 1 = untouched; split into the brightness left, signed, 0 = the twin's level, and the "
+        "anatomy kept under the opacity, r of the output with the twin there) and the anatomy kept elsewhere (mean |y - x| outside the "
         "opacity).", FLOOR_NOTE,
         prior_localisation_note(inp)]
     return Table("table3", "Table 3: ablation of the model components (FID/KID on rsna_like)", notes, cols, rows,
