@@ -99,6 +99,15 @@ def l_mil(masks_translate: torch.Tensor, masks_keep: torch.Tensor, fraction: flo
     return 0.5 * (F.binary_cross_entropy(on, torch.ones_like(on)) + F.binary_cross_entropy(off, torch.zeros_like(off)))
 
 
+def l_sparse(masks_translate: torch.Tensor) -> torch.Tensor:
+    """Not in the paper (a named variant, `lambda_sparse`; ours/README.md "What we found", item 17): the mean mask
+    value on the images a generator does translate, i.e. Eq. 4's A(M) (mean reading) on D_Opacity itself rather than
+    on the images to keep. Where the generator's own change is needed the adversarial terms hold the mask up; where
+    the mask changes nothing (a residual near 0: outside the lung) only this term acts on it, so the mask's extent
+    follows where the image needs changing instead of a fixed L_mil pool. masks_translate: (N, 1, H, W) in [0, 1]."""
+    return masks_translate.float().abs().flatten(1).mean(1).mean()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3.3 CDAM
 # ---------------------------------------------------------------------------------------------------------------------
@@ -159,12 +168,13 @@ def l_classifier(logits_translated: torch.Tensor, logits_source: torch.Tensor, q
 def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lambda_bam: float = 0.1,
             lambda_feature: float = 0.5, lambda_classifier: float = 0.5, lambda_adv: float = 2.0,
             lambda_rec: float = 1.0, lambda_style: float = 0.5, acl_weight: float = 0.2,
-            lambda_mil: float = 0.0, lambda_cycle: float = 0.0) -> torch.Tensor:
+            lambda_mil: float = 0.0, lambda_cycle: float = 0.0, lambda_sparse: float = 0.0) -> torch.Tensor:
     """Eq. 8: lambda_penalties (P_upper + P_repul) + lambda_bam L_bam + lambda_feature L_feature
-    + lambda_classifier L_classifier + lambda_adv L_adv + lambda_rec L_rec (+ lambda_mil L_mil and lambda_cycle
-    L_cycle, not in the paper).
+    + lambda_classifier L_classifier + lambda_adv L_adv + lambda_rec L_rec (+ lambda_mil L_mil, lambda_cycle
+    L_cycle and lambda_sparse L_sparse, not in the paper).
 
-    terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec, mil, cycle; a missing
+    terms: any of p_upper, p_repul, bam, structural, style, classifier, adv_gan, adv_acl, rec, mil, cycle, sparse; a
+    missing
     term (its ablation switch is off) contributes nothing. L_adv = adv_gan + acl_weight * adv_acl (ACL-GAN's gan_w,
     gan_cw).
     """
@@ -177,7 +187,8 @@ def l_total(terms: dict[str, torch.Tensor], lambda_penalties: float = 0.01, lamb
             + lambda_adv * (t("adv_gan") + acl_weight * t("adv_acl"))
             + lambda_rec * t("rec")
             + lambda_mil * t("mil")
-            + lambda_cycle * t("cycle"))
+            + lambda_cycle * t("cycle")
+            + lambda_sparse * t("sparse"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

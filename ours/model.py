@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ours.losses import (blend, l_bam, l_classifier, l_feature, l_mil, l_structural, l_style, l_total, lsgan,
-                         normalise_mask, p_lower, p_repul, p_upper)
+from ours.losses import (blend, l_bam, l_classifier, l_feature, l_mil, l_sparse, l_structural, l_style, l_total,
+                         lsgan, normalise_mask, p_lower, p_repul, p_upper)
 from ours.networks import MaskGenerator, MultiScaleDiscriminator, init_weights
 from pipeline.contract import Probe, Translation, Translator, mask_diagnostics
 from pipeline.data.canonical import OPACITY_LABELS as CANONICAL_OPACITY_LABELS
@@ -81,6 +81,9 @@ class OursConfig:
                                 doc="not in the paper (0 = off): weight of CycleGAN's cycle L1 on the blended cycle, "
                                     "|cycle_aba - x_a| (+ mirrored), a pixel tie between a translation and its input "
                                     "(README item 12)")
+    lambda_sparse: float = param(0.0, min=0.0, source="assumed",
+                                 doc="not in the paper (0 = off): weight of L_sparse, the mean mask on the images each "
+                                     "generator translates (ours/losses.py l_sparse; README item 17)")
     bam_fraction: float = param(0.5, min=0.0, max=1.0, source="assumed",
                                 doc="size of the random subset D' of the other domain added to each generator's "
                                     "batch for Eq. 4, as a fraction of the batch (at least 1 image)")
@@ -341,6 +344,8 @@ class Ours(Translator):
             terms["cycle"] = F.l1_loss(o["cycle_aba"], real_a)
             if sym:
                 terms["cycle"] = terms["cycle"] + F.l1_loss(o["cycle_bab"], real_b)
+        if cfg.lambda_sparse > 0:  # not in the paper: G_A's masks on opacity images, G_B's on normals (item 17)
+            terms["sparse"] = l_sparse(o["mask_ab"]) + (l_sparse(o["mask_ba"]) if sym else 0.0)
         if cfg.fa or cfg.lca:
             terms.update(self._cdam_terms(real_a, real_b, o))
         return terms
@@ -375,7 +380,8 @@ class Ours(Translator):
         """Eq. 8 with this model's lambdas."""
         c = self.cfg
         return l_total(terms, c.lambda_penalties, c.lambda_bam, c.lambda_feature, c.lambda_classifier, c.lambda_adv,
-                       c.lambda_rec, c.lambda_style, c.acl_weight, c.lambda_mil, c.lambda_cycle)
+                       c.lambda_rec, c.lambda_style, c.acl_weight, c.lambda_mil, c.lambda_cycle,
+                       c.lambda_sparse)
 
     def discriminator_terms(self, real_a: torch.Tensor, real_b: torch.Tensor,
                             o: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -452,6 +458,8 @@ class Ours(Translator):
             weighted["mil"] = c.lambda_mil * terms["mil"]
         if c.lambda_cycle > 0:
             weighted["cycle"] = c.lambda_cycle * terms["cycle"]
+        if c.lambda_sparse > 0:
+            weighted["sparse"] = c.lambda_sparse * terms["sparse"]
         norms = {}
         for name, value in weighted.items():
             grad = (torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ours.losses import (blend, gram_matrix, instance_norm, l_bam, l_classifier, l_feature, l_structural, l_style,
-                         l_mil, l_total, lsgan, normalise_mask, p_repul, p_upper)
+                         l_mil, l_sparse, l_total, lsgan, normalise_mask, p_repul, p_upper)
 from ours.model import OPACITY_LABELS, label_filter
 from pipeline.prior import NIH14
 
@@ -226,6 +226,18 @@ def test_eq8_total_by_hand():
     assert l_total({**terms, "mil": t(10.0)}, lambda_mil=0.5) == pytest.approx(expected + 5.0, rel=1e-6)
     assert l_total({**terms, "cycle": t(4.0)}) == pytest.approx(expected, rel=1e-6)
     assert l_total({**terms, "cycle": t(4.0)}, lambda_cycle=2.5) == pytest.approx(expected + 10.0, rel=1e-6)
+    assert l_total({**terms, "sparse": t(3.0)}) == pytest.approx(expected, rel=1e-6)
+    assert l_total({**terms, "sparse": t(3.0)}, lambda_sparse=4.0) == pytest.approx(expected + 12.0, rel=1e-6)
+
+
+def test_sparse_variant_by_hand():
+    """L_sparse (not in the paper): the mean mask value, per image then over the batch; 0 for empty masks, 1 for
+    full ones, and independent of the image count."""
+    m = torch.zeros(2, 1, 4, 4)
+    m[0, 0, :2, :2] = 1.0  # 4 of 16 pixels on -> 0.25
+    m[1, 0, 0, 0] = 0.8  # 0.8 / 16 = 0.05
+    assert l_sparse(m).item() == pytest.approx((0.25 + 0.05) / 2, rel=1e-6)
+    assert l_sparse(torch.zeros(3, 1, 8, 8)).item() == 0.0 and l_sparse(torch.ones(5, 1, 8, 8)).item() == 1.0
 
 
 def test_mil_variant_by_hand():

@@ -181,7 +181,7 @@ def test_zero_consistency_weight_drops_the_pair_discriminators_and_changes_nothi
         c = model.cfg
         total = l_total(terms, c.lambda_penalties, c.lambda_bam, c.lambda_feature, c.lambda_classifier, c.lambda_adv,
                         c.lambda_rec, c.lambda_style, c.acl_weight if weight is None else weight, c.lambda_mil,
-                        c.lambda_cycle)
+                        c.lambda_cycle, c.lambda_sparse)
         model.zero_grad(set_to_none=True)
         total.backward()
         totals.append(float(total.detach()))
@@ -317,6 +317,25 @@ def test_cycle_variant_is_off_by_default_and_is_the_l1_of_the_blended_cycles():
     without = {k: v for k, v in terms.items() if k != "cycle"}
     assert (model.total(terms) - model.total(without)).item() == pytest.approx(10.0 * by_hand.item(), rel=1e-4)
     assert model.mask_gradient_ratios(a, b)["diag_grad_cycle"] > 0
+
+
+def test_sparse_variant_is_off_by_default_and_is_the_mean_mask_on_the_images_translated():
+    """lambda_sparse (not in the paper): no term at 0; when on, the term is the mean of G_A's masks on the opacity
+    images plus G_B's on the normals (by hand on the same forward, not on the images to keep), enters Eq. 8 with its
+    weight and reaches G_A's mask head."""
+    a, b = batch()
+    assert "sparse" not in build(seed=3).generator_terms(a, b)
+    model = build(seed=3, lambda_sparse=5.0)
+    torch.manual_seed(1)
+    o = model.forward_all(a, b)
+    terms = model.generator_terms(a, b, o)
+    by_hand = sum(float(o[k].sum()) / o[k].numel() for k in ("mask_ab", "mask_ba"))
+    on_kept = sum(float(o[k].sum()) / o[k].numel() for k in ("mask_bb", "mask_aa"))
+    assert terms["sparse"].item() == pytest.approx(by_hand, rel=1e-5) and by_hand > 0
+    assert abs(on_kept - by_hand) > 1e-6  # the kept images' masks differ, so the by-hand value names the right ones
+    without = {k: v for k, v in terms.items() if k != "sparse"}
+    assert (model.total(terms) - model.total(without)).item() == pytest.approx(5.0 * by_hand, rel=1e-4)
+    assert model.mask_gradient_ratios(a, b)["diag_grad_sparse"] > 0
 
 
 def test_residual_output_adds_the_head_to_each_rows_own_input():
